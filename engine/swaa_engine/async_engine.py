@@ -1,0 +1,122 @@
+"""Asyncio front for the server: one background thread steps the engine; each request streams.
+
+    engine = AsyncEngine(LLMEngine(EngineConfig()))
+    async for chunk in engine.stream("Hello", SamplingParams(max_tokens=16)):
+        print(chunk.text, end="")
+
+Leaving the ``async for`` early (client cancel, deadline, break) aborts the request and frees
+its cache slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import AsyncIterator
+
+from swaa_engine.engine import LLMEngine, Prompt
+from swaa_engine.outputs import StreamChunk
+from swaa_engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop failed; the request cannot complete."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._wake = threading.Event()
+        self._stop = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="swaa-engine", daemon=True)
+        self._thread.start()
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop:
+            if not self.engine.has_work():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                chunks = self.engine.step()
+            except BaseException as e:  # deliver to every waiter instead of hanging them
+                log.exception("engine step failed")
+                self.error = e
+                for rid in list(self._queues):
+                    self.engine.abort(rid)
+                    self._deliver(rid, EngineDeadError(f"engine step failed: {e!r}"))
+                continue
+            for c in chunks:
+                self._deliver(c.request_id, c)
+
+    def _deliver(self, rid: str, item) -> None:
+        target = self._queues.get(rid)
+        if target is not None:
+            loop, q = target
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the caller's loop is closed
+                self._queues.pop(rid, None)
+
+    # -- callers ----------------------------------------------------------------------------
+    async def stream(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
+        """Yield chunks until the finished one. Raises InvalidRequestError / QueueFullError up front."""
+        if request_id is not None and request_id in self._queues:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        q: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        # Tokenizing a long prompt takes milliseconds to seconds: keep it off the event loop.
+        rid = request_id
+        holder = {}
+
+        def add():
+            holder["rid"] = self.engine.add_request(prompt, params, request_id=rid)
+
+        if rid is None:
+            import uuid
+
+            rid = uuid.uuid4().hex
+        self._queues[rid] = (loop, q)
+        try:
+            await loop.run_in_executor(None, add)
+        except BaseException:
+            self._queues.pop(rid, None)
+            raise
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finished:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._queues.pop(rid, None)
+            if not finished:
+                self.engine.abort(rid)
+
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> list[StreamChunk]:
+        return [c async for c in self.stream(prompt, params, request_id)]
+
+    def abort(self, request_id: str) -> bool:
+        """Abort from anywhere (another connection, say); the stream gets its final chunk."""
+        chunk = self.engine.abort(request_id)
+        if chunk is None:
+            return False
+        self._deliver(request_id, chunk)
+        return True
+
+    def shutdown(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)

@@ -1,0 +1,134 @@
+"""The attention backend interface and its registry.
+
+A step is a packed batch: each sequence contributes ``num_tokens`` consecutive query tokens
+starting at position ``start``. Single generated tokens (decodes) come first, so backends can
+serve them in one batched call (paged: page table + sequence lengths; ring: every valid slot);
+the rest are prefill chunks that read earlier context from either cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from swaa_engine.swaa import LayerSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StepEntry:
+    start: int  # position of the first query token (= tokens already cached)
+    num_tokens: int
+    num_prompt: int  # positions >= num_prompt are generated tokens (full attention under fa_decode)
+    block_table: tuple[int, ...]
+    ring: int | None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_tokens == 1 and self.start >= self.num_prompt
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    entries: tuple[StepEntry, ...]
+    num_decodes: int  # entries[:num_decodes] are decodes
+
+    def __post_init__(self) -> None:
+        assert all(e.is_decode for e in self.entries[: self.num_decodes])
+        assert not any(e.is_decode for e in self.entries[self.num_decodes :])
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(e.num_tokens for e in self.entries)
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    block_size: int
+    window: int | None
+    sinks: int
+
+    @property
+    def ring_slots(self) -> int:
+        return (self.window or 0) + self.sinks
+
+
+class AttentionBackend(ABC):
+    """Computes attention for one layer over a packed step and keeps that layer's cache current.
+
+    ``prepare`` runs once per step and returns metadata shared by all layers; ``forward`` runs
+    per layer, writes the new keys/values into the layer's cache and returns ``[T, heads*dim]``.
+    Paged caches are ``[num_blocks, block_size, kv_heads, head_dim]``; ring caches are
+    ``[num_rings, sinks + window, kv_heads, head_dim]``; keys are stored after RoPE.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, geometry: CacheGeometry, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device):
+        self.geometry = geometry
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.device = device
+
+    @classmethod
+    def supports(cls, device: torch.device) -> bool:
+        return True
+
+    @abstractmethod
+    def prepare(self, layout: StepLayout) -> Any: ...
+
+    @abstractmethod
+    def forward(
+        self, spec: LayerSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor], meta: Any,
+    ) -> torch.Tensor: ...
+
+
+# name -> "module:Class", imported on first use so optional kernels cost nothing when unused.
+_REGISTRY: dict[str, str] = {
+    "torch": "swaa_engine.attention.torch_backend:TorchBackend",
+}
+_PREFERENCE = ("flash", "torch")
+
+
+def register_backend(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def _load(name: str) -> type[AttentionBackend]:
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backend(name: str, device: torch.device, **kwargs) -> AttentionBackend:
+    """``auto`` takes the first backend in preference order that imports and supports the device."""
+    if name == "auto":
+        for cand in _PREFERENCE:
+            if cand not in _REGISTRY:
+                continue
+            try:
+                cls = _load(cand)
+            except ImportError:
+                continue
+            if cls.supports(device):
+                return cls(device=device, **kwargs)
+        raise RuntimeError("no attention backend supports this device")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
+    cls = _load(name)
+    if not cls.supports(device):
+        raise ValueError(f"attention backend {name!r} does not support device {device}")
+    return cls(device=device, **kwargs)

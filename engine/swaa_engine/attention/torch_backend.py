@@ -1,0 +1,160 @@
+"""Reference-grade attention on plain PyTorch: SDPA with explicit masks (runs on any device).
+
+Decodes are batched: paged layers gather each sequence's keys through its block table (padded to
+the longest, masked by length); ring layers read every slot of the sequence's ring, masked to the
+slots written so far. Prefill chunks run one sequence at a time with an explicit SWAA mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from swaa_engine.attention.base import AttentionBackend, StepLayout
+from swaa_engine.attention.masks import swaa_mask
+from swaa_engine.kv_cache.pools import ring_slot
+from swaa_engine.swaa import AttentionKind, LayerSpec
+
+
+@dataclass
+class _Prefill:
+    tok: slice  # this chunk's rows in the packed batch
+    paged_idx: torch.Tensor  # flat paged slots of keys 0..end-1 (after this chunk is written)
+    paged_masks: dict[AttentionKind, torch.Tensor]  # [q, end] per paged attention kind
+    ring_past_idx: torch.Tensor  # flat ring slots of the sinks and the previous W-1 keys
+    ring_mask: torch.Tensor  # [q, len(past) + q]
+
+
+@dataclass
+class TorchMeta:
+    num_decodes: int
+    paged_write: torch.Tensor | None  # [T] flat paged slot per token
+    ring_write_tok: torch.Tensor | None  # tokens whose keys survive in the ring after this step
+    ring_write_slot: torch.Tensor | None
+    dec_paged_idx: torch.Tensor | None = None  # [D, Lmax]
+    dec_paged_mask: torch.Tensor | None = None  # [D, 1, 1, Lmax]
+    dec_ring_ids: torch.Tensor | None = None  # [D]
+    dec_ring_mask: torch.Tensor | None = None  # [D, 1, 1, R]
+    prefills: list[_Prefill] = field(default_factory=list)
+
+
+class TorchBackend(AttentionBackend):
+    name = "torch"
+
+    def prepare(self, layout: StepLayout) -> TorchMeta:
+        g, dev = self.geometry, self.device
+        bs, W, S, R = g.block_size, g.window, g.sinks, g.ring_slots
+        has_ring = any(e.ring is not None for e in layout.entries)
+        has_paged = any(e.block_table for e in layout.entries)
+
+        paged_write, ring_tok, ring_slot_ids = [], [], []
+        t = 0
+        for e in layout.entries:
+            if has_paged:
+                paged_write.extend(e.block_table[p // bs] * bs + p % bs for p in range(e.start, e.end))
+            if has_ring:
+                # Only the last W window positions (and any sink positions) survive this chunk.
+                keep_from = max(e.start, e.end - W)
+                for p in range(e.start, e.end):
+                    if p < S or p >= keep_from:
+                        ring_tok.append(t + p - e.start)
+                        ring_slot_ids.append(e.ring * R + ring_slot(p, S, W))
+            t += e.num_tokens
+
+        def as_long(x):
+            return torch.tensor(x, dtype=torch.long, device=dev)
+
+        meta = TorchMeta(
+            num_decodes=layout.num_decodes,
+            paged_write=as_long(paged_write) if has_paged else None,
+            ring_write_tok=as_long(ring_tok) if has_ring else None,
+            ring_write_slot=as_long(ring_slot_ids) if has_ring else None,
+        )
+
+        decodes = layout.entries[: layout.num_decodes]
+        if decodes:
+            lens = [e.end for e in decodes]
+            if has_paged:
+                lmax = max(lens)
+                pos = torch.arange(lmax)
+                tables = [list(e.block_table) + [0] * (-(-lmax // bs) - len(e.block_table)) for e in decodes]
+                tab = torch.tensor(tables, dtype=torch.long)
+                meta.dec_paged_idx = (tab[:, pos // bs] * bs + pos % bs).to(dev)
+                meta.dec_paged_mask = (pos[None, :] < torch.tensor(lens)[:, None]).to(dev)[:, None, None, :]
+            if has_ring:
+                meta.dec_ring_ids = as_long([e.ring for e in decodes])
+                # Slots fill in order 0, 1, … until the ring wraps, so after n positions
+                # exactly slots [0, min(n, R)) hold keys, and those are the sinks and the window.
+                valid = torch.arange(R)[None, :] < torch.tensor(lens)[:, None]
+                meta.dec_ring_mask = valid.to(dev)[:, None, None, :]
+
+        t = sum(e.num_tokens for e in decodes)
+        for e in layout.entries[layout.num_decodes :]:
+            q_pos = torch.arange(e.start, e.end)
+            pre = _Prefill(tok=slice(t, t + e.num_tokens), paged_idx=None, paged_masks={}, ring_past_idx=None, ring_mask=None)
+            if has_paged:
+                k_pos = torch.arange(e.end)
+                tab = torch.tensor(e.block_table, dtype=torch.long)
+                pre.paged_idx = (tab[k_pos // bs] * bs + k_pos % bs).to(dev)
+                pre.paged_masks[AttentionKind.FULL] = swaa_mask(q_pos, k_pos, None, 0).to(dev)
+                if W is not None:
+                    gen = q_pos >= e.num_prompt
+                    pre.paged_masks[AttentionKind.SLIDING_FA_DECODE] = swaa_mask(q_pos, k_pos, W, S, gen).to(dev)
+            if has_ring:
+                past = list(range(min(S, e.start))) + list(range(max(S, e.start - W + 1), e.start))
+                pre.ring_past_idx = as_long([e.ring * R + ring_slot(p, S, W) for p in past])
+                k_pos = torch.cat([torch.tensor(past, dtype=torch.long), q_pos])
+                pre.ring_mask = swaa_mask(q_pos, k_pos, W, S).to(dev)
+            meta.prefills.append(pre)
+            t += e.num_tokens
+        return meta
+
+    def forward(self, spec, q, k, v, cache, meta: TorchMeta):
+        kc, vc = cache
+        T = q.shape[0]
+        q = q.view(T, self.num_heads, self.head_dim)
+        k = k.view(T, self.num_kv_heads, self.head_dim)
+        v = v.view(T, self.num_kv_heads, self.head_dim)
+        out = torch.empty_like(q)
+        D = meta.num_decodes
+        ring = spec.kind is AttentionKind.SLIDING_RING
+        kflat = kc.view(-1, self.num_kv_heads, self.head_dim)
+        vflat = vc.view(-1, self.num_kv_heads, self.head_dim)
+
+        if ring:
+            # Prefill chunks read the ring's old contents before this step overwrites them.
+            ctx = [(kflat[p.ring_past_idx], vflat[p.ring_past_idx]) for p in meta.prefills]
+            kflat.index_copy_(0, meta.ring_write_slot, k[meta.ring_write_tok])
+            vflat.index_copy_(0, meta.ring_write_slot, v[meta.ring_write_tok])
+        else:
+            kflat.index_copy_(0, meta.paged_write, k)
+            vflat.index_copy_(0, meta.paged_write, v)
+
+        if D:
+            qd = q[:D].unsqueeze(2)  # [D, H, 1, d]
+            if ring:
+                kd, vd, mask = kc[meta.dec_ring_ids], vc[meta.dec_ring_ids], meta.dec_ring_mask
+            else:
+                kd, vd, mask = kflat[meta.dec_paged_idx], vflat[meta.dec_paged_idx], meta.dec_paged_mask
+            o = F.scaled_dot_product_attention(
+                qd, kd.transpose(1, 2), vd.transpose(1, 2), attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+            out[:D] = o.squeeze(2)
+
+        for i, p in enumerate(meta.prefills):
+            qp = q[p.tok]
+            if ring:
+                kp = torch.cat([ctx[i][0], k[p.tok]])
+                vp = torch.cat([ctx[i][1], v[p.tok]])
+                mask = p.ring_mask
+            else:
+                kp, vp = kflat[p.paged_idx], vflat[p.paged_idx]
+                mask = p.paged_masks[spec.kind]
+            o = F.scaled_dot_product_attention(
+                qp.transpose(0, 1).unsqueeze(0), kp.transpose(0, 1).unsqueeze(0), vp.transpose(0, 1).unsqueeze(0),
+                attn_mask=mask, scale=self.scale, enable_gqa=True,
+            )
+            out[p.tok] = o.squeeze(0).transpose(0, 1)
+        return out.view(T, self.num_heads * self.head_dim)

@@ -1,0 +1,72 @@
+"""Engine configuration: frozen dataclasses validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swaa_engine.swaa import SWAAConfig
+
+
+class ConfigError(ValueError):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, message)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048  # per-step token budget; also the prefill chunk size
+    max_waiting: int = 1024  # queue capacity before new requests are refused
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
+        _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", f"must be >= 1, got {self.max_num_batched_tokens}")
+        _require(self.max_waiting >= 1, "max_waiting", f"must be >= 1, got {self.max_waiting}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """``budget_bytes`` wins over ``budget_fraction`` (of free device memory, or of available RAM on CPU)."""
+
+    block_size: int = 16
+    budget_bytes: int | None = None
+    budget_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        _require(self.budget_bytes is None or self.budget_bytes > 0, "budget_bytes", f"must be > 0, got {self.budget_bytes}")
+        _require(0 < self.budget_fraction <= 0.95, "budget_fraction", f"must be in (0, 0.95], got {self.budget_fraction}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build an engine.
+
+    ``model`` is a Hugging Face folder, a ``.gguf`` file, or ``None`` for the embedded default.
+    ``dtype`` is ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
+    ``max_model_len`` defaults to the model's ``max_position_embeddings``.
+    """
+
+    model: str | None = None
+    swaa: SWAAConfig = field(default_factory=SWAAConfig)
+    dtype: str = "auto"
+    device: str = "auto"
+    attention_backend: str = "auto"
+    max_model_len: int | None = None
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    random_weights: bool = False  # build from the config alone (benchmarks; speed does not depend on weights)
+    seed: int = 0
+    num_threads: int | None = None  # CPU intra-op threads; None keeps torch's default
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.swaa, SWAAConfig), "swaa", "must be a SWAAConfig")
+        _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", f"unknown dtype {self.dtype!r}")
+        _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", f"must be >= 2, got {self.max_model_len}")
+        _require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")

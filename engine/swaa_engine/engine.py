@@ -1,0 +1,336 @@
+"""The engine: request intake, the step loop, output processing; and ``LLM`` for offline use."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence as Seq, Union
+
+import torch
+
+from swaa_engine.attention.base import CacheGeometry, create_backend
+from swaa_engine.config import CacheConfig, ConfigError, EngineConfig
+from swaa_engine.detokenizer import IncrementalDetokenizer
+from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
+from swaa_engine.kv_cache.storage import allocate_kv
+from swaa_engine.model_runner import ModelRunner
+from swaa_engine.models.loader import ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
+from swaa_engine.models.registry import dims_from_config
+from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
+from swaa_engine.sampler import SampleRow
+from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.scheduler import Scheduler
+from swaa_engine.sequence import FinishReason, Sequence, SeqStatus
+from swaa_engine.swaa import CacheKind
+
+# A prompt: text, token ids, or chat messages ([{"role": …, "content": …}, …]).
+Prompt = Union[str, Seq[int], Seq[dict]]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detok: IncrementalDetokenizer | None
+    rng: random.Random | None
+    arrival: float
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+
+
+class LLMEngine:
+    """Synchronous core. ``add_request`` then ``step`` until ``has_work`` is false.
+
+    Thread-safe for one stepping thread plus any number of threads calling ``add_request`` and
+    ``abort``: scheduler state changes under a lock; the model runs outside it.
+    """
+
+    def __init__(self, config: EngineConfig, hf_config=None, *, hf_model=None, tokenizer=None):
+        """``hf_config`` alone: random weights or a config-only model. ``hf_model``/``tokenizer``:
+        reuse objects already loaded from ``config.model`` (tests, tools that hold the model)."""
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        if config.num_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        self.source: ModelSource | None = None
+        if hf_model is not None:
+            hf_config = hf_model.config
+            self.source = resolve_source(config.model)
+        elif hf_config is None:
+            self.source = resolve_source(config.model)
+            hf_config = load_hf_config(self.source)
+        self.hf_config = hf_config
+        self.dims = dims_from_config(hf_config)
+        self.tokenizer = tokenizer if tokenizer is not None else (load_tokenizer(self.source) if self.source else None)
+        self.model_name = self.source.name if self.source else f"random-{self.dims.architecture}"
+
+        self.max_model_len = config.max_model_len or self.dims.max_position_embeddings
+        if self.max_model_len > self.dims.max_position_embeddings:
+            raise ConfigError("max_model_len", f"{self.max_model_len} exceeds the model's limit {self.dims.max_position_embeddings}")
+        self.specs = config.swaa.layer_specs(self.dims.num_layers)
+
+        kv = KVShape(self.dims.num_kv_heads, self.dims.head_dim, torch.finfo(self.dtype).bits // 8)
+        block_size = config.cache.block_size
+        sched = config.scheduler
+        self.pool_plan = plan_pools(self.specs, kv, block_size, self._budget(config.cache, kv), sched.max_num_seqs)
+        self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings)
+        cap = self.cache.max_tokens_per_seq()
+        if cap is not None and cap < self.max_model_len:
+            raise ConfigError("cache", f"the cache budget holds {cap} tokens of paged KV, fewer than max_model_len={self.max_model_len}; raise the budget or lower max_model_len")
+        if self.cache.has_ring and self.cache.rings.total == 0:
+            raise ConfigError("cache", "the cache budget holds no ring; raise the budget")
+        self.scheduler = Scheduler(sched, self.cache)
+
+        self.model = load_model(self.source, hf_config, self.dtype, self.device, random_weights=config.random_weights,
+                                seed=config.seed, hf_model=hf_model)
+        caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
+        geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks)
+        self.backend = create_backend(
+            config.attention_backend, self.device, geometry=geometry, num_heads=self.dims.num_heads,
+            num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
+        )
+        self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device)
+        self.eos_ids = self._eos_ids()
+        self._requests: dict[str, _Request] = {}
+        self._lock = threading.RLock()
+        self._seed_rng = random.Random(config.seed)
+
+    def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
+        if cc.budget_bytes is not None:
+            return cc.budget_bytes
+        # Never more than max_num_seqs full-length sequences need: on the CPU the pools are RAM.
+        need = self.config.scheduler.max_num_seqs * self.max_model_len * kv.bytes_per_token * self.dims.num_layers
+        return max(1, min(int(cc.budget_fraction * free_memory_bytes(self.device)), need))
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set()
+        for src in (getattr(self.hf_config, "eos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(src)
+        return frozenset(ids)
+
+    # -- intake ---------------------------------------------------------------------------
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, (str, list, tuple)) and len(prompt) == 0:
+            raise InvalidRequestError("prompt", "is empty")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt", "is empty")
+            self._need_tokenizer("prompt")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            self._need_tokenizer("messages")
+            for i, m in enumerate(prompt):
+                if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise InvalidRequestError(f"messages[{i}]", "each message needs a string role and content")
+            text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        elif isinstance(prompt, (list, tuple)):
+            ids = list(prompt)
+            for t in ids:
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.dims.vocab_size:
+                    raise InvalidRequestError("prompt_token_ids", f"token id {t!r} outside the vocabulary [0, {self.dims.vocab_size})")
+        else:
+            raise InvalidRequestError("prompt", f"expected text, token ids or chat messages, got {type(prompt).__name__}")
+        if not ids:
+            raise InvalidRequestError("prompt", "is empty")
+        return ids
+
+    def _need_tokenizer(self, field: str) -> None:
+        if self.tokenizer is None:
+            raise InvalidRequestError(field, "this model has no tokenizer; send token ids")
+
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        if len(prompt_ids) >= self.max_model_len:
+            raise InvalidRequestError("prompt", f"{len(prompt_ids)} tokens; the limit is {self.max_model_len - 1} (max_model_len {self.max_model_len} minus one generated token)")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}")
+        for t in params.stop_token_ids:
+            if t >= self.dims.vocab_size:
+                raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")
+        if params.stop:
+            self._need_tokenizer("stop")
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        """Queue a request; raises InvalidRequestError or QueueFullError without side effects."""
+        params = params or SamplingParams()
+        ids = self.tokenize(prompt)
+        self.validate(ids, params)
+        rid = request_id or uuid.uuid4().hex
+        with self._lock:
+            if params.seed is None and not params.greedy:
+                params = replace(params, seed=self._seed_rng.getrandbits(63))
+            seq = Sequence(rid, list(ids), params, arrival=time.monotonic())
+            self.scheduler.add(seq)
+            self._requests[rid] = _Request(
+                seq=seq,
+                detok=IncrementalDetokenizer(self.tokenizer, ids, params.stop) if self.tokenizer else None,
+                rng=None if params.greedy else random.Random(params.seed),
+                arrival=seq.arrival,
+            )
+        return rid
+
+    def abort(self, request_id: str) -> StreamChunk | None:
+        """Stop a request wherever it is; returns its final chunk, or None if it is unknown or done."""
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None:
+                return None
+            self.scheduler.finish(req.seq, FinishReason.ABORT)
+            return self._final_chunk(req, StreamChunk(request_id), time.monotonic())
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self) -> list[StreamChunk]:
+        with self._lock:
+            out = self.scheduler.schedule()
+            if not out:
+                return []
+            now = time.monotonic()
+            chunks = self.runner.order(out.chunks)
+            rows = []
+            for c in chunks:
+                req = self._requests[c.seq.request_id]
+                if req.scheduled_at is None:
+                    req.scheduled_at = now
+                if c.samples:
+                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else []))
+        result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile
+        with self._lock:
+            self.scheduler.advance(out)
+            emitted = []
+            now = time.monotonic()
+            sampled = [c for c in chunks if c.samples]
+            for i, c in enumerate(sampled):
+                req = self._requests.get(c.seq.request_id)
+                if req is None or c.seq.finished:
+                    continue  # aborted while the step ran
+                emitted.append(self._accept(req, result.token_ids[i], result.logprobs[i], now))
+            return emitted
+
+    def _accept(self, req: _Request, token: int, lp, now: float) -> StreamChunk:
+        seq, p = req.seq, req.seq.params
+        seq.append(token)
+        if req.first_token_at is None:
+            req.first_token_at = now
+        chunk = StreamChunk(seq.request_id, token_ids=[token])
+        if lp is not None:
+            chunk.logprobs = [TokenLogprob(token, lp[0], tuple(lp[1]))]
+        reason = None
+        if not p.ignore_eos and token in self.eos_ids:
+            reason = FinishReason.EOS
+        elif token in p.stop_token_ids:
+            reason, chunk.stop_token_id = FinishReason.STOP, token
+        if req.detok is not None:
+            if reason is None:
+                req.detok.add(token)
+            if req.detok.matched_stop is not None:
+                reason, chunk.stop = FinishReason.STOP, req.detok.matched_stop
+        if reason is None and seq.num_generated >= p.max_tokens:
+            reason = FinishReason.LENGTH
+        if reason is None:
+            chunk.text = req.detok.flush() if req.detok else ""
+            return chunk
+        self.scheduler.finish(seq, reason)
+        return self._final_chunk(req, chunk, now)
+
+    def _final_chunk(self, req: _Request, chunk: StreamChunk, now: float) -> StreamChunk:
+        seq = req.seq
+        self._requests.pop(seq.request_id, None)
+        chunk.text += req.detok.finish() if req.detok else ""
+        chunk.finished = True
+        chunk.finish_reason = seq.finish_reason
+        chunk.usage = Usage(seq.num_prompt, seq.num_generated)
+        chunk.timings = Timings(
+            queue_s=((req.scheduled_at or now) - req.arrival),
+            ttft_s=(req.first_token_at - req.arrival) if req.first_token_at else None,
+            total_s=now - req.arrival,
+        )
+        return chunk
+
+    # -- introspection --------------------------------------------------------------------
+    def cache_usage(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return self.cache.usage()
+
+    def layer_cache_kinds(self) -> list[CacheKind]:
+        return [s.cache_kind for s in self.specs]
+
+    def num_requests(self) -> dict[str, int]:
+        with self._lock:
+            return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting)}
+
+
+class LLM:
+    """Offline generation.
+
+    >>> llm = LLM(swaa=SWAAConfig(window=256, sinks=16, fa_decode=True))   # embedded SmolLM2
+    >>> llm.generate(["What is the capital of France?"])[0].text
+    """
+
+    def __init__(self, model: str | EngineConfig | None = None, swaa=None, hf_config=None, *, hf_model=None, tokenizer=None, **kwargs):
+        if isinstance(model, EngineConfig):
+            config = model
+        else:
+            if swaa is not None:
+                kwargs["swaa"] = swaa
+            config = EngineConfig(model=model, **kwargs)
+        self.engine = LLMEngine(config, hf_config=hf_config, hf_model=hf_model, tokenizer=tokenizer)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Prompt | Iterable[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None,
+                 progress: bool = False) -> list[Completion]:
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (int, dict))):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        ids = []
+        for p, sp in zip(prompts, params):
+            ids.append(self.engine.add_request(p, sp))
+        chunks: dict[str, list[StreamChunk]] = {i: [] for i in ids}
+        prompt_ids = {i: list(self.engine.scheduler.get(i).token_ids) for i in ids}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ids), desc="generate", unit="req")
+        while self.engine.has_work():
+            for c in self.engine.step():
+                chunks[c.request_id].append(c)
+                if c.finished and bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [Completion.from_chunks(prompt_ids[i], chunks[i]) for i in ids]

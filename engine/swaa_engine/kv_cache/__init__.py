@@ -1,0 +1,1 @@
+"""KV cache bookkeeping (torch-free: pools, manager) and storage (torch: storage.py)."""

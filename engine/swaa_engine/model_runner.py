@@ -1,0 +1,48 @@
+"""Turns a scheduled step into tensors, runs the model, and samples."""
+
+from __future__ import annotations
+
+import torch
+
+from swaa_engine.attention.base import AttentionBackend, StepEntry, StepLayout
+from swaa_engine.models.llama import AttentionContext, LlamaFamilyModel
+from swaa_engine.sampler import SampleResult, SampleRow, sample
+from swaa_engine.scheduler import Chunk
+from swaa_engine.swaa import LayerSpec
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaFamilyModel, specs: tuple[LayerSpec, ...], backend: AttentionBackend,
+                 caches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+        self.model, self.specs, self.backend, self.caches, self.device = model, specs, backend, caches, device
+
+    @staticmethod
+    def order(chunks: list[Chunk]) -> list[Chunk]:
+        """Decodes first, as the attention backends expect."""
+        entries = [c for c in chunks if c.num_tokens == 1 and c.start >= c.seq.num_prompt]
+        return entries + [c for c in chunks if not (c.num_tokens == 1 and c.start >= c.seq.num_prompt)]
+
+    def layout(self, chunks: list[Chunk]) -> StepLayout:
+        entries = tuple(
+            StepEntry(c.start, c.num_tokens, c.seq.num_prompt, tuple(c.seq.block_table), c.seq.ring) for c in chunks
+        )
+        return StepLayout(entries, sum(e.is_decode for e in entries))
+
+    def execute(self, chunks: list[Chunk], rows: list[SampleRow]) -> SampleResult | None:
+        """Run ``chunks`` (already in :meth:`order`) and sample for those whose ``samples`` is set, in order."""
+        ids, pos, last = [], [], []
+        t = 0
+        for c in chunks:
+            ids.extend(c.seq.token_ids[c.start : c.end])
+            pos.extend(range(c.start, c.end))
+            t += c.num_tokens
+            if c.samples:
+                last.append(t - 1)
+        meta = self.backend.prepare(self.layout(chunks))
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        positions = torch.tensor(pos, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, positions, AttentionContext(self.backend, meta, self.caches, self.specs))
+        if not last:
+            return None
+        logits = self.model.logits(hidden[torch.tensor(last, device=self.device)])
+        return sample(logits, rows)

@@ -1,0 +1,76 @@
+"""What the engine hands back: stream chunks and whole completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swaa_engine.sequence import FinishReason
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_s: float  # arrival -> first scheduled
+    ttft_s: float | None  # arrival -> first generated token
+    total_s: float  # arrival -> finish
+
+
+@dataclass
+class StreamChunk:
+    """New tokens of one request; the last chunk has ``finished`` set and carries usage and timings."""
+
+    request_id: str
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    stop: str | None = None  # the stop string that matched
+    stop_token_id: int | None = None  # the stop token id that matched
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass
+class Completion:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    stop: str | None
+    stop_token_id: int | None
+    logprobs: list[TokenLogprob] | None
+    usage: Usage
+    timings: Timings
+
+    @classmethod
+    def from_chunks(cls, prompt_ids: list[int], chunks: list[StreamChunk]) -> "Completion":
+        last = chunks[-1]
+        assert last.finished
+        lps = [lp for c in chunks for lp in (c.logprobs or [])] if any(c.logprobs for c in chunks) else None
+        return cls(
+            request_id=last.request_id,
+            prompt_token_ids=prompt_ids,
+            token_ids=[t for c in chunks for t in c.token_ids],
+            text="".join(c.text for c in chunks),
+            finish_reason=last.finish_reason,
+            stop=last.stop,
+            stop_token_id=last.stop_token_id,
+            logprobs=lps,
+            usage=last.usage,
+            timings=last.timings,
+        )

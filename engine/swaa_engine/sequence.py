@@ -1,0 +1,79 @@
+"""One request's token state as the scheduler sees it (no torch)."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from swaa_engine.sampling_params import SamplingParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    LENGTH = "length"
+    STOP = "stop"
+    EOS = "eos"
+    ABORT = "abort"
+
+
+_counter = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Tokens of one request and how far the cache has computed them.
+
+    ``num_computed`` counts tokens whose KV is in the cache. Tokens at positions
+    >= ``num_prompt`` were generated: under fa_decode they attend to everything, also when a
+    preempted sequence recomputes them as part of a prefill.
+    """
+
+    request_id: str
+    token_ids: list[int]
+    params: SamplingParams
+    arrival: float = 0.0
+    num_prompt: int = field(init=False)
+    num_computed: int = 0
+    status: SeqStatus = SeqStatus.WAITING
+    finish_reason: FinishReason | None = None
+    block_table: list[int] = field(default_factory=list)
+    ring: int | None = None
+    num_preemptions: int = 0
+    order: int = field(default_factory=lambda: next(_counter))
+
+    def __post_init__(self) -> None:
+        self.num_prompt = len(self.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - self.num_prompt
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt :]
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def in_prefill(self) -> bool:
+        """More than the last token still needs computing (prompt, or recompute after preemption)."""
+        return self.num_uncomputed > 1 or self.num_computed < self.num_prompt
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    def append(self, token_id: int) -> None:
+        self.token_ids.append(token_id)

@@ -1,0 +1,212 @@
+"""SWAA knobs and their expansion into one attention spec per layer.
+
+Semantics (0-based positions within one sequence), see docs/swaa.md:
+  sliding prompt token i sees key j  iff  j <= i and (i - j < window or j < sinks)
+  generated tokens under fa_decode see every j <= i
+  layers in fa_layers are full causal for every token
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+class SWAAConfigError(ValueError):
+    """A SWAA knob is invalid; ``field`` names the offending knob."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+class AttentionKind(enum.Enum):
+    FULL = "full"
+    # Sliding mask for prompt tokens, full attention for generated ones; needs every key.
+    SLIDING_FA_DECODE = "sliding_fa_decode"
+    # Sliding mask for every token; only sinks + window keys are ever read.
+    SLIDING_RING = "sliding_ring"
+
+
+class CacheKind(enum.Enum):
+    PAGED = "paged"
+    RING = "ring"
+
+
+# The one place that decides which cache a layer needs.
+CACHE_KIND_OF: dict[AttentionKind, CacheKind] = {
+    AttentionKind.FULL: CacheKind.PAGED,
+    AttentionKind.SLIDING_FA_DECODE: CacheKind.PAGED,
+    AttentionKind.SLIDING_RING: CacheKind.RING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSpec:
+    """How one layer attends and what it caches."""
+
+    layer: int
+    kind: AttentionKind
+    window: int | None  # None for FULL
+    sinks: int
+
+    @property
+    def cache_kind(self) -> CacheKind:
+        return CACHE_KIND_OF[self.kind]
+
+    @property
+    def ring_slots(self) -> int:
+        assert self.kind is AttentionKind.SLIDING_RING and self.window is not None
+        return self.sinks + self.window
+
+
+_EVERY = re.compile(r"^every:(\d+)(?::(\d+))?$")
+
+
+def parse_layer_pattern(value: str | Sequence[int] | None, num_layers: int, field_name: str) -> frozenset[int]:
+    """Layer ids from a list or a pattern: ``odd``, ``even``, ``every:N[:offset]``, ``1,3,5``, ``all``, ``none``.
+
+    ``every:4`` means layers 1, 5, 9, … (offset 1 by default, as in the paper's ¼ pattern);
+    ``every:4:0`` means 0, 4, 8, ….
+    """
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none"):
+            return frozenset()
+        if text == "all":
+            return frozenset(range(num_layers))
+        if text == "odd":
+            return frozenset(range(1, num_layers, 2))
+        if text == "even":
+            return frozenset(range(0, num_layers, 2))
+        m = _EVERY.match(text)
+        if m:
+            step = int(m.group(1))
+            offset = int(m.group(2)) if m.group(2) is not None else 1
+            if step <= 0:
+                raise SWAAConfigError(field_name, f"every:N needs N >= 1, got {step}")
+            if offset >= step:
+                raise SWAAConfigError(field_name, f"offset {offset} must be smaller than N={step}")
+            return frozenset(range(offset, num_layers, step))
+        try:
+            ids = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise SWAAConfigError(
+                field_name, f"expected a layer list or one of odd, even, every:N[:offset], all, none; got {value!r}"
+            ) from None
+        value = ids
+    ids = set()
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise SWAAConfigError(field_name, f"layer ids must be integers, got {x!r}")
+        if not 0 <= x < num_layers:
+            raise SWAAConfigError(field_name, f"layer id {x} out of range [0, {num_layers})")
+        ids.add(x)
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class SWAAConfig:
+    """The four SWAA knobs of one deployment.
+
+    ``window=None`` means full attention everywhere (the other knobs must then stay unset).
+    ``fa_decode`` is a bool (all sliding layers) or a layer pattern/list; ``fa_layers`` a layer
+    pattern/list. Patterns are resolved against the model's layer count by :meth:`layer_specs`.
+    """
+
+    window: int | None = None
+    sinks: int = 0
+    fa_decode: bool | str | tuple[int, ...] = False
+    fa_layers: str | tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fa_decode, list):
+            object.__setattr__(self, "fa_decode", tuple(self.fa_decode))
+        if isinstance(self.fa_layers, list):
+            object.__setattr__(self, "fa_layers", tuple(self.fa_layers))
+        if self.window is not None:
+            if isinstance(self.window, bool) or not isinstance(self.window, int):
+                raise SWAAConfigError("window", f"must be an integer or None, got {self.window!r}")
+            if self.window <= 0:
+                raise SWAAConfigError("window", f"must be > 0, got {self.window}")
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int):
+            raise SWAAConfigError("sinks", f"must be an integer, got {self.sinks!r}")
+        if self.sinks < 0:
+            raise SWAAConfigError("sinks", f"must be >= 0, got {self.sinks}")
+        if self.window is None:
+            if self.sinks:
+                raise SWAAConfigError("sinks", "set without a window (sinks only apply to sliding layers)")
+            if self.fa_decode not in (False, (), "", "none"):
+                raise SWAAConfigError("fa_decode", "set without a window (it only applies to sliding layers)")
+            if self.fa_layers not in ((), "", "none"):
+                raise SWAAConfigError("fa_layers", "set without a window (every layer is already full)")
+        if not isinstance(self.fa_decode, (bool, str, tuple)):
+            raise SWAAConfigError("fa_decode", f"must be a bool or a layer list, got {self.fa_decode!r}")
+        if not isinstance(self.fa_layers, (str, tuple)):
+            raise SWAAConfigError("fa_layers", f"must be a layer list or pattern, got {self.fa_layers!r}")
+
+    @property
+    def is_full(self) -> bool:
+        return self.window is None
+
+    def layer_specs(self, num_layers: int) -> tuple[LayerSpec, ...]:
+        if num_layers <= 0:
+            raise SWAAConfigError("num_layers", f"must be > 0, got {num_layers}")
+        if self.window is None:
+            return tuple(LayerSpec(i, AttentionKind.FULL, None, 0) for i in range(num_layers))
+        full = parse_layer_pattern(self.fa_layers, num_layers, "fa_layers")
+        if isinstance(self.fa_decode, bool):
+            fad = frozenset(range(num_layers)) if self.fa_decode else frozenset()
+        else:
+            fad = parse_layer_pattern(self.fa_decode, num_layers, "fa_decode")
+        specs = []
+        for i in range(num_layers):
+            if i in full:
+                specs.append(LayerSpec(i, AttentionKind.FULL, None, 0))
+            elif i in fad:
+                specs.append(LayerSpec(i, AttentionKind.SLIDING_FA_DECODE, self.window, self.sinks))
+            else:
+                specs.append(LayerSpec(i, AttentionKind.SLIDING_RING, self.window, self.sinks))
+        return tuple(specs)
+
+    def describe(self) -> str:
+        if self.window is None:
+            return "full attention"
+        parts = [f"window={self.window}", f"sinks={self.sinks}"]
+        if self.fa_decode not in (False, (), ""):
+            parts.append(f"fa_decode={self.fa_decode}")
+        if self.fa_layers not in ((), ""):
+            parts.append(f"fa_layers={self.fa_layers}")
+        return ", ".join(parts)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SWAAConfig":
+        known = {"window", "sinks", "fa_decode", "fa_layers"}
+        unknown = set(d) - known
+        if unknown:
+            raise SWAAConfigError(sorted(unknown)[0], f"unknown SWAA knob; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {"window": self.window, "sinks": self.sinks, "fa_decode": self.fa_decode, "fa_layers": self.fa_layers}
+
+
+def sliding_visible(q_pos: int, k_pos: int, window: int, sinks: int) -> bool:
+    """The sliding mask for one (query, key) pair; the definition everything else is tested against."""
+    return k_pos <= q_pos and (q_pos - k_pos < window or k_pos < sinks)
+
+
+# The six canonical configs the paper compares (windows are per deployment; these are templates).
+def canonical_configs(window: int, sinks: int) -> dict[str, SWAAConfig]:
+    return {
+        "fa": SWAAConfig(),
+        "swa": SWAAConfig(window=window),
+        "swa+sinks": SWAAConfig(window=window, sinks=sinks),
+        "swa+sinks+fa_decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
+        "swa+sinks+half_fa": SWAAConfig(window=window, sinks=sinks, fa_layers="odd"),
+        "swa+sinks+fa_decode+quarter_fa": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="every:4"),
+    }

@@ -1,0 +1,1 @@
+"""swaa_server: the gRPC service and the `swaa` command line."""

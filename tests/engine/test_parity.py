@@ -1,0 +1,121 @@
+"""Engine greedy tokens equal the slow reference's, for the six canonical SWAA configs.
+
+Small windows make prompts many windows long; several prompts of different lengths share each
+batch; the prefill chunk size splits prompts mid-window; decoding runs long enough to wrap the
+ring many times.
+"""
+
+import random
+
+import pytest
+import torch
+
+from swaa_engine.attention.base import StepEntry, StepLayout
+from swaa_engine.config import CacheConfig, SchedulerConfig
+from swaa_engine.engine import LLM
+from swaa_engine.models.llama import AttentionContext
+from swaa_engine.reference import SWAAReference
+from swaa_engine.sampling_params import SamplingParams
+from swaa_engine.swaa import SWAAConfig, canonical_configs
+
+CONFIGS = canonical_configs(window=16, sinks=4)
+SMOL_CONFIGS = canonical_configs(window=48, sinks=4)
+
+
+def assert_parity(ref, prompts, outs, steps):
+    for p, o in zip(prompts, outs):
+        assert len(o.token_ids) == steps
+        mismatch = ref.first_greedy_mismatch(p, o.token_ids)
+        assert mismatch is None, f"token {mismatch[0]}: reference picks {mismatch[1]} by a margin of {mismatch[2]:.3g}"
+
+
+@pytest.fixture(scope="module")
+def tiny_prompts():
+    rng = random.Random(0)
+    return [[rng.randrange(384) for _ in range(n)] for n in (150, 37, 90, 5)]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_tiny_qwen3_parity(name, tiny_qwen3, tiny_prompts):
+    folder, hf = tiny_qwen3
+    swaa = CONFIGS[name]
+    llm = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20),
+              scheduler=SchedulerConfig(max_num_batched_tokens=40))
+    outs = llm.generate(tiny_prompts, SamplingParams(max_tokens=60, ignore_eos=True))
+    ref = SWAAReference(hf, swaa)
+    assert_parity(ref, tiny_prompts, outs, 60)  # 60 decode steps wrap the 20-slot ring 3 times
+    # and literally: greedy decoding that recomputes the whole sequence every step
+    assert ref.greedy(tiny_prompts[1], 20) == outs[1].token_ids[:20]
+
+
+def test_configs_really_differ(tiny_qwen3, tiny_prompts):
+    folder, _ = tiny_qwen3
+    runs = {}
+    for name in ("fa", "swa", "swa+sinks"):
+        llm = LLM(folder, swaa=CONFIGS[name], cache=CacheConfig(block_size=8, budget_bytes=8 << 20))
+        runs[name] = llm.generate(tiny_prompts[:1], SamplingParams(max_tokens=30, ignore_eos=True))[0].token_ids
+    assert len({tuple(v) for v in runs.values()}) == 3
+
+
+@pytest.fixture(scope="module")
+def smol_prompts(smollm2):
+    _, tok = smollm2
+    text = open("/usr/share/common-licenses/GPL-3").read()
+    return [tok.encode(text[:n]) for n in (900, 400, 650)]
+
+
+@pytest.mark.parametrize("name", list(SMOL_CONFIGS))
+def test_smollm2_parity(name, smollm2, smol_prompts):
+    hf, tok = smollm2
+    swaa = SMOL_CONFIGS[name]
+    llm = LLM(None, swaa=swaa, hf_model=hf, tokenizer=tok, max_model_len=2048,
+              cache=CacheConfig(block_size=16, budget_bytes=256 << 20), scheduler=SchedulerConfig(max_num_batched_tokens=100))
+    outs = llm.generate(smol_prompts, SamplingParams(max_tokens=100, ignore_eos=True))
+    assert_parity(SWAAReference(hf, swaa), smol_prompts, outs, 100)
+
+
+def full_logits(llm, ids):
+    """Logits at every position of one sequence, from the engine's own model and cache."""
+    eng = llm.engine
+    from swaa_engine.sequence import Sequence
+
+    seq = Sequence("x", list(ids), SamplingParams())
+    eng.cache.allocate(seq, len(ids))
+    layout = StepLayout((StepEntry(0, len(ids), len(ids), tuple(seq.block_table), seq.ring),), 0)
+    meta = eng.backend.prepare(layout)
+    ctx = AttentionContext(eng.backend, meta, eng.runner.caches, eng.specs)
+    hidden = eng.model(torch.tensor(ids), torch.arange(len(ids)), ctx)
+    eng.cache.free(seq)
+    return eng.model.logits(hidden)
+
+
+def test_logits_match_transformers(tiny_qwen3, smollm2):
+    for (hf, ids, kwargs) in [
+        (tiny_qwen3[1], list(range(3, 200)), dict(model=tiny_qwen3[0])),
+        (smollm2[0], smollm2[1].encode("The quick brown fox jumps over the lazy dog. " * 12), dict(hf_model=smollm2[0], tokenizer=smollm2[1])),
+    ]:
+        llm = LLM(cache=CacheConfig(budget_bytes=64 << 20), max_model_len=1024, **kwargs)
+        ours = full_logits(llm, ids)
+        with torch.inference_mode():
+            theirs = hf(torch.tensor([ids])).logits[0].float()
+        assert (ours - theirs).abs().max() < 1e-3 * theirs.abs().max()
+
+
+# all-ring configs hold no paged blocks and are never preempted; these mix ring and paged layers
+@pytest.mark.parametrize("name", ["fa", "swa+sinks+half_fa", "swa+sinks+fa_decode+quarter_fa"])
+def test_preemption_resumes_with_identical_output(name, tiny_qwen3, tiny_prompts):
+    folder, hf = tiny_qwen3
+    swaa = CONFIGS[name]
+    params = SamplingParams(max_tokens=60, ignore_eos=True)
+    roomy = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20)).generate(tiny_prompts, params)
+    # 32 blocks of 8 tokens: the four sequences need 36 at the end, so some are preempted and recomputed
+    kv_block = 2 * 2 * 16 * 4 * 8  # K+V, kv heads, head dim, fp32, block size
+    n_paged = sum(s.cache_kind.value == "paged" for s in swaa.layer_specs(4))
+    n_ring = 4 - n_paged
+    budget = 32 * kv_block * n_paged + 4 * n_ring * 2 * 2 * 16 * 4 * 20
+    tight = LLM(folder, swaa=swaa, max_model_len=256, cache=CacheConfig(block_size=8, budget_bytes=budget),
+                scheduler=SchedulerConfig(max_num_seqs=4))
+    outs = tight.generate(tiny_prompts, params)
+    assert tight.engine.scheduler.num_preemptions > 0
+    assert [o.token_ids for o in outs] == [o.token_ids for o in roomy]
+    assert tight.engine.cache.is_idle()
