@@ -97,11 +97,15 @@ def main() -> None:
         for batch in (1, args.batch):
             record(name, batch, *bench_engine(llm, prompts[:batch], n))
 
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "engine"], capture_output=True, text=True).stdout.strip()
     base = {r["batch"]: r for r in rows if r["system"].startswith("transformers")}
     lines = [
         f"\n## CPU offline: engine vs transformers generate ({datetime.date.today()})\n",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}, dtype {args.dtype}",
+        f"transformers {transformers.__version__}, dtype {args.dtype}, code {commit}{'+uncommitted engine changes' if dirty else ''}",
         f"- model: embedded SmolLM2-135M-Instruct; {args.prompt_tokens}-token real-text prompts, {n} generated tokens (greedy, EOS ignored)",
         f"- command: `python bench/cpu_offline.py --dtype {args.dtype} --prompt-tokens {args.prompt_tokens} --new-tokens {n} --batch {args.batch}`\n",
         "| system | requests | mean TTFT s | total s | decode tok/s | output tok/s | × transformers |",

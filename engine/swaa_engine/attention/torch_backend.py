@@ -125,7 +125,7 @@ class TorchBackend(AttentionBackend):
 
         if ring:
             # Prefill chunks read the ring's old contents before this step overwrites them.
-            ctx = [(kflat[p.ring_past_idx], vflat[p.ring_past_idx]) for p in meta.prefills]
+            ctx = [(kflat.index_select(0, p.ring_past_idx), vflat.index_select(0, p.ring_past_idx)) for p in meta.prefills]
             kflat.index_copy_(0, meta.ring_write_slot, k[meta.ring_write_tok])
             vflat.index_copy_(0, meta.ring_write_slot, v[meta.ring_write_tok])
         else:
@@ -135,9 +135,14 @@ class TorchBackend(AttentionBackend):
         if D:
             qd = q[:D].unsqueeze(2)  # [D, H, 1, d]
             if ring:
-                kd, vd, mask = kc[meta.dec_ring_ids], vc[meta.dec_ring_ids], meta.dec_ring_mask
+                ids, cache_k, cache_v, mask = meta.dec_ring_ids, kc, vc, meta.dec_ring_mask
+                shape = (D, -1, self.num_kv_heads, self.head_dim)
             else:
-                kd, vd, mask = kflat[meta.dec_paged_idx], vflat[meta.dec_paged_idx], meta.dec_paged_mask
+                ids, cache_k, cache_v, mask = meta.dec_paged_idx.view(-1), kflat, vflat, meta.dec_paged_mask
+                shape = (D, meta.dec_paged_idx.shape[1], self.num_kv_heads, self.head_dim)
+            # index_select on dim 0 is several times faster than advanced indexing on the CPU
+            kd = cache_k.index_select(0, ids).view(shape)
+            vd = cache_v.index_select(0, ids).view(shape)
             o = F.scaled_dot_product_attention(
                 qd, kd.transpose(1, 2), vd.transpose(1, 2), attn_mask=mask, scale=self.scale, enable_gqa=True
             )
@@ -150,7 +155,7 @@ class TorchBackend(AttentionBackend):
                 vp = torch.cat([ctx[i][1], v[p.tok]])
                 mask = p.ring_mask
             else:
-                kp, vp = kflat[p.paged_idx], vflat[p.paged_idx]
+                kp, vp = kflat.index_select(0, p.paged_idx), vflat.index_select(0, p.paged_idx)
                 mask = p.paged_masks[spec.kind]
             o = F.scaled_dot_product_attention(
                 qp.transpose(0, 1).unsqueeze(0), kp.transpose(0, 1).unsqueeze(0), vp.transpose(0, 1).unsqueeze(0),

@@ -63,8 +63,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 statistics as transformers does, so logits agree to fp32 tolerance
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * x.to(dtype)
 
 
@@ -101,14 +100,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
         d = self.dims
         T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([d.q_size, d.kv_size, d.kv_size], dim=-1)
-        q = q.view(T, d.num_heads, d.head_dim)
-        k = k.view(T, d.num_kv_heads, d.head_dim)
+        qkv = self.qkv_proj(x)
+        heads = qkv.view(T, d.num_heads + 2 * d.num_kv_heads, d.head_dim)
+        qk = heads[:, : d.num_heads + d.num_kv_heads]  # q and k heads are adjacent: rotate them in one pass
         if d.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        o = attn(self.layer, q.reshape(T, -1), k.reshape(T, -1), v.contiguous())
+            qk = torch.cat([self.q_norm(qk[:, : d.num_heads]), self.k_norm(qk[:, d.num_heads :])], dim=1)
+        qk = qk * cos + rotate_half(qk) * sin
+        q = qk[:, : d.num_heads].reshape(T, d.q_size)
+        k = qk[:, d.num_heads :].reshape(T, d.kv_size)
+        v = qkv[:, d.q_size + d.kv_size :]
+        o = attn(self.layer, q, k, v)
         return self.o_proj(o)
 
 
