@@ -94,6 +94,18 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import asyncio
+    import logging
+
+    from swaa_server.app import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = engine_config_from_args(args)
+    asyncio.run(serve(config, ServerConfig(host=args.host, port=args.port, grace_s=args.grace)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swaa", description="SWAA inference service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(g)
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--grace", type=float, default=25.0, help="seconds in-flight streams get after SIGTERM")
+    add_engine_args(s)
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

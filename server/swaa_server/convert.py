@@ -1,0 +1,98 @@
+"""Translation between swaa.v1 messages and engine objects (no I/O, no engine calls)."""
+
+from __future__ import annotations
+
+from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+from swaa_engine.outputs import StreamChunk
+from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.sequence import FinishReason
+from swaa_engine.swaa import AttentionKind, CacheKind
+
+FINISH = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+}
+ATTENTION = {
+    AttentionKind.FULL: pb.ATTENTION_KIND_FULL,
+    AttentionKind.SLIDING_FA_DECODE: pb.ATTENTION_KIND_SLIDING_FA_DECODE,
+    AttentionKind.SLIDING_RING: pb.ATTENTION_KIND_SLIDING_RING,
+}
+CACHE = {CacheKind.PAGED: pb.CACHE_KIND_PAGED, CacheKind.RING: pb.CACHE_KIND_RING}
+
+
+def prompt_of(req) -> str | list[int] | list[dict]:
+    which = req.WhichOneof("prompt")
+    if which == "text":
+        return req.text
+    if which == "token_ids":
+        return list(req.token_ids.ids)
+    if which == "chat":
+        if not req.chat.messages:
+            raise InvalidRequestError("chat.messages", "is empty")
+        return [{"role": m.role, "content": m.content} for m in req.chat.messages]
+    raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
+
+
+def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
+    return SamplingParams(
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p if s.HasField("top_p") else 1.0,
+        min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        seed=s.seed if s.HasField("seed") else None,
+        max_tokens=s.max_tokens if s.HasField("max_tokens") else 256,
+        stop=tuple(s.stop),
+        stop_token_ids=tuple(s.stop_token_ids),
+        ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs if s.return_logprobs else None,
+    )
+
+
+def _logprobs(chunk: StreamChunk):
+    return [pb.TokenLogprob(token_id=l.token_id, logprob=l.logprob, top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in l.top])
+            for l in (chunk.logprobs or [])]
+
+
+def _final_fields(c) -> dict:
+    if not c.finished:
+        return {}
+    d = dict(finish_reason=FINISH[c.finish_reason], stop=c.stop or "",
+             usage=pb.Usage(prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
+                            cached_tokens=c.usage.cached_tokens),
+             timings=pb.Timings(queue_seconds=c.timings.queue_s, ttft_seconds=c.timings.ttft_s or 0.0,
+                                total_seconds=c.timings.total_s))
+    if c.stop_token_id is not None:
+        d["stop_token_id"] = c.stop_token_id
+    return d
+
+
+def chunk_pb(c: StreamChunk) -> pb.GenerateChunk:
+    return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c),
+                            finished=c.finished, **_final_fields(c))
+
+
+def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
+    last = chunks[-1]
+    merged = StreamChunk(last.request_id, [t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks),
+                         [l for c in chunks for l in (c.logprobs or [])], True, last.finish_reason, last.stop,
+                         last.stop_token_id, last.usage, last.timings)
+    return pb.GenerateResponse(request_id=merged.request_id, token_ids=merged.token_ids, text=merged.text,
+                               logprobs=_logprobs(merged), **_final_fields(merged))
+
+
+def model_info_pb(engine) -> pb.ModelInfo:
+    sw = engine.config.swaa
+    usage = engine.cache_usage()
+    swaa = pb.SWAA(sinks=sw.sinks, fa_decode=str(sw.fa_decode).lower() if isinstance(sw.fa_decode, bool) else str(sw.fa_decode),
+                   fa_layers=str(sw.fa_layers) if sw.fa_layers else "")
+    if sw.window is not None:
+        swaa.window = sw.window
+    return pb.ModelInfo(
+        model=engine.model_name, architecture=engine.dims.architecture, max_context=engine.max_model_len, swaa=swaa,
+        layers=[pb.LayerInfo(layer=s.layer, attention=ATTENTION[s.kind], cache=CACHE[s.cache_kind]) for s in engine.specs],
+        block_size=engine.cache.block_size, paged=pb.PoolUsage(**usage["paged"]), ring=pb.PoolUsage(**usage["ring"]),
+        vocab_size=engine.dims.vocab_size,
+    )

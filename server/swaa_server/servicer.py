@@ -1,0 +1,99 @@
+"""The Generation servicer: translates messages and maps engine errors to gRPC status; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
+from swaa_engine.async_engine import AsyncEngine, EngineDeadError
+from swaa_engine.sampling_params import InvalidRequestError
+from swaa_engine.scheduler import QueueFullError
+from swaa_server import convert
+
+
+def _bad_request(e: InvalidRequestError) -> status_pb2.Status:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=e.field, description=e.description)]))
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e), details=[detail])
+
+
+async def _abort_with(context, e: Exception):
+    if isinstance(e, InvalidRequestError):
+        await context.abort_with_status(rpc_status.to_status(_bad_request(e)))
+    if isinstance(e, QueueFullError):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+    if isinstance(e, EngineDeadError):
+        await context.abort(grpc.StatusCode.INTERNAL, str(e))
+    raise e
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    """``engine`` is None while the model loads: every call then gets UNAVAILABLE (retryable)."""
+
+    def __init__(self, engine: AsyncEngine | None = None):
+        self.engine = engine
+
+    async def _ready(self, context) -> None:
+        if self.engine is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+
+    def _request(self, request):
+        return convert.prompt_of(request), convert.sampling_of(request.sampling), request.request_id or None
+
+    async def Generate(self, request, context):
+        await self._ready(context)
+        try:
+            prompt, params, rid = self._request(request)
+            stream = self.engine.stream(prompt, params, rid)
+            first = await stream.__anext__()
+        except (InvalidRequestError, QueueFullError, EngineDeadError, ValueError) as e:
+            await _abort_with(context, e if not type(e) is ValueError else InvalidRequestError("request_id", str(e)))
+        try:
+            yield convert.chunk_pb(first)
+            async for chunk in stream:
+                yield convert.chunk_pb(chunk)
+        except EngineDeadError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        finally:
+            await stream.aclose()  # client cancel / deadline lands here: aborts the request, frees its cache
+
+    async def GenerateOnce(self, request, context):
+        await self._ready(context)
+        try:
+            prompt, params, rid = self._request(request)
+            chunks = await self.engine.generate(prompt, params, rid)
+        except (InvalidRequestError, QueueFullError, EngineDeadError) as e:
+            await _abort_with(context, e)
+        except ValueError as e:
+            await _abort_with(context, InvalidRequestError("request_id", str(e)))
+        return convert.response_pb(chunks)
+
+    async def Abort(self, request, context):
+        await self._ready(context)
+        return pb.AbortResponse(aborted=self.engine.abort(request.request_id))
+
+    async def CountTokens(self, request, context):
+        await self._ready(context)
+        which = request.WhichOneof("prompt")
+        try:
+            if which == "text":
+                prompt = request.text
+            elif which == "chat":
+                prompt = [{"role": m.role, "content": m.content} for m in request.chat.messages]
+            else:
+                raise InvalidRequestError("prompt", "one of text or chat is required")
+            ids = await asyncio.get_running_loop().run_in_executor(None, self.engine.engine.tokenize, prompt)
+        except InvalidRequestError as e:
+            await _abort_with(context, e)
+        return pb.CountTokensResponse(count=len(ids), token_ids=ids)
+
+    async def GetModelInfo(self, request, context):
+        await self._ready(context)
+        return convert.model_info_pb(self.engine.engine)
