@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from typing import AsyncIterator
 
 from swaa_engine.engine import LLMEngine, Prompt
@@ -71,20 +72,11 @@ class AsyncEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         q: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        # Tokenizing a long prompt takes milliseconds to seconds: keep it off the event loop.
-        rid = request_id
-        holder = {}
-
-        def add():
-            holder["rid"] = self.engine.add_request(prompt, params, request_id=rid)
-
-        if rid is None:
-            import uuid
-
-            rid = uuid.uuid4().hex
-        self._queues[rid] = (loop, q)
+        rid = request_id or uuid.uuid4().hex
+        self._queues[rid] = (loop, q)  # registered first: the engine thread may answer at once
         try:
-            await loop.run_in_executor(None, add)
+            # tokenizing a long prompt takes milliseconds to seconds: keep it off the event loop
+            await loop.run_in_executor(None, lambda: self.engine.add_request(prompt, params, request_id=rid))
         except BaseException:
             self._queues.pop(rid, None)
             raise
