@@ -19,8 +19,7 @@ class ModelRunner:
     @staticmethod
     def order(chunks: list[Chunk]) -> list[Chunk]:
         """Decodes first, as the attention backends expect."""
-        entries = [c for c in chunks if c.num_tokens == 1 and c.start >= c.seq.num_prompt]
-        return entries + [c for c in chunks if not (c.num_tokens == 1 and c.start >= c.seq.num_prompt)]
+        return sorted(chunks, key=lambda c: not c.is_decode)  # stable: keeps scheduling order within each group
 
     def layout(self, chunks: list[Chunk]) -> StepLayout:
         entries = tuple(

@@ -32,6 +32,11 @@ class Chunk:
         return self.start + self.num_tokens
 
     @property
+    def is_decode(self) -> bool:
+        """One generated token: served by the backends' batched decode path."""
+        return self.num_tokens == 1 and self.start >= self.seq.num_prompt
+
+    @property
     def samples(self) -> bool:
         """After this chunk every token is computed, so the last position's logits pick the next token."""
         return self.end == self.seq.num_tokens

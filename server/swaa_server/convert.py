@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_engine.outputs import StreamChunk
+from swaa_engine.outputs import Completion, StreamChunk
 from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
 from swaa_engine.sequence import FinishReason
 from swaa_engine.swaa import AttentionKind, CacheKind
@@ -51,14 +51,12 @@ def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
     )
 
 
-def _logprobs(chunk: StreamChunk):
+def _logprobs(chunk: StreamChunk | Completion):
     return [pb.TokenLogprob(token_id=l.token_id, logprob=l.logprob, top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in l.top])
             for l in (chunk.logprobs or [])]
 
 
-def _final_fields(c) -> dict:
-    if not c.finished:
-        return {}
+def _final_fields(c: StreamChunk | Completion) -> dict:
     d = dict(finish_reason=FINISH[c.finish_reason], stop=c.stop or "",
              usage=pb.Usage(prompt_tokens=c.usage.prompt_tokens, completion_tokens=c.usage.completion_tokens,
                             cached_tokens=c.usage.cached_tokens),
@@ -71,14 +69,11 @@ def _final_fields(c) -> dict:
 
 def chunk_pb(c: StreamChunk) -> pb.GenerateChunk:
     return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c),
-                            finished=c.finished, **_final_fields(c))
+                            finished=c.finished, **(_final_fields(c) if c.finished else {}))
 
 
 def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
-    last = chunks[-1]
-    merged = StreamChunk(last.request_id, [t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks),
-                         [l for c in chunks for l in (c.logprobs or [])], True, last.finish_reason, last.stop,
-                         last.stop_token_id, last.usage, last.timings)
+    merged = Completion.from_chunks([], chunks)
     return pb.GenerateResponse(request_id=merged.request_id, token_ids=merged.token_ids, text=merged.text,
                                logprobs=_logprobs(merged), **_final_fields(merged))
 
