@@ -14,11 +14,11 @@ import asyncio
 import logging
 import threading
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Protocol
 
 from swaa_engine.engine import LLMEngine, Prompt
 from swaa_engine.outputs import StreamChunk
-from swaa_engine.sampling_params import SamplingParams
+from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,18 @@ class EngineDeadError(RuntimeError):
     """The engine loop failed; the request cannot complete."""
 
 
+class Listener(Protocol):
+    """Observes requests (metrics, logs). ``on_finish`` runs on the engine thread: keep it cheap."""
+
+    def on_accept(self, request_id: str, prompt: Prompt, params: SamplingParams | None) -> None: ...
+
+    def on_finish(self, chunk: StreamChunk) -> None: ...
+
+
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, listeners: tuple[Listener, ...] = ()):
         self.engine = engine
+        self.listeners = tuple(listeners)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
         self._stop = False
@@ -50,13 +59,24 @@ class AsyncEngine:
                 log.exception("engine step failed")
                 self.error = e
                 for rid in list(self._queues):
-                    self.engine.abort(rid)
+                    self._notify_finish(self.engine.abort(rid))
                     self._deliver(rid, EngineDeadError(f"engine step failed: {e!r}"))
                 continue
             for c in chunks:
                 self._deliver(c.request_id, c)
 
+    def _notify_finish(self, chunk: StreamChunk | None) -> None:
+        if chunk is None or not chunk.finished:
+            return
+        for listener in self.listeners:
+            try:
+                listener.on_finish(chunk)
+            except Exception:  # observers must never break delivery
+                log.exception("listener failed")
+
     def _deliver(self, rid: str, item) -> None:
+        if isinstance(item, StreamChunk):
+            self._notify_finish(item)
         target = self._queues.get(rid)
         if target is not None:
             loop, q = target
@@ -69,7 +89,7 @@ class AsyncEngine:
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
         """Yield chunks until the finished one. Raises InvalidRequestError / QueueFullError up front."""
         if request_id is not None and request_id in self._queues:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in use by a running request")
         q: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         rid = request_id or uuid.uuid4().hex
@@ -80,6 +100,8 @@ class AsyncEngine:
         except BaseException:
             self._queues.pop(rid, None)
             raise
+        for listener in self.listeners:
+            listener.on_accept(rid, prompt, params)
         self._wake.set()
         finished = False
         try:
@@ -95,7 +117,7 @@ class AsyncEngine:
         finally:
             self._queues.pop(rid, None)
             if not finished:
-                self.engine.abort(rid)
+                self._notify_finish(self.engine.abort(rid))
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> list[StreamChunk]:
         return [c async for c in self.stream(prompt, params, request_id)]

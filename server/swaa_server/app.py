@@ -1,13 +1,13 @@
-"""Builds and runs the grpc.aio server: Generation, health, reflection, graceful drain on SIGTERM."""
+"""Builds and runs the grpc.aio server: Generation, health, reflection, auth, TLS, metrics, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -16,10 +16,29 @@ from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.engine import LLMEngine
+from swaa_server.interceptors import BearerAuth, DecodeErrors
 from swaa_server.servicer import GenerationServicer
+from swaa_server.telemetry import Metrics, RequestLog
 
-log = logging.getLogger("swaa_server")
+log = structlog.get_logger("swaa.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set → mutual TLS: clients must present a certificate signed by it
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(p):
+            with open(p, "rb") as f:
+                return f.read()
+
+        ca = read(self.client_ca_file) if self.client_ca_file else None
+        return grpc.ssl_server_credentials([(read(self.key_file), read(self.cert_file))], root_certificates=ca,
+                                           require_client_auth=ca is not None)
 
 
 @dataclass(frozen=True)
@@ -28,41 +47,74 @@ class ServerConfig:
     port: int = 50051
     grace_s: float = 25.0  # in-flight streams get this long after SIGTERM
     max_message_bytes: int = 16 << 20
+    keepalive_s: float = 60.0  # server pings idle connections this often, so dead peers are noticed
+    metrics_port: int | None = None  # None = no metrics endpoint; 0 = any free port
+    metrics_host: str = "0.0.0.0"
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)  # empty = no auth
+    tls: TLSConfig | None = None
+    log_prompts: bool = False
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
             raise ValueError(f"port: {self.port} out of range")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port: {self.metrics_port} out of range")
         if self.grace_s < 0:
             raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes: must be >= 1024, got {self.max_message_bytes}")
+        if self.keepalive_s <= 0:
+            raise ValueError(f"keepalive_s: must be > 0, got {self.keepalive_s}")
+        if any(not t or t != t.strip() for t in self.auth_tokens):
+            raise ValueError("auth_tokens: tokens must be non-empty without surrounding whitespace")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        ka = int(self.keepalive_s * 1000)
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.keepalive_time_ms", ka), ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+                # clients may ping this often without being told "too many pings"
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
 
 
 async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, engine: LLMEngine | None = None) -> None:
-    opts = [("grpc.max_receive_message_length", server_config.max_message_bytes),
-            ("grpc.max_send_message_length", server_config.max_message_bytes)]
-    server = grpc.aio.server(options=opts)
+    sc = server_config
+    # outermost first: an unauthenticated caller learns nothing, not even that its message was malformed
+    interceptors = ([BearerAuth(sc.auth_tokens)] if sc.auth_tokens else []) + [DecodeErrors()]
+    server = grpc.aio.server(options=sc.grpc_options(), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
     servicer = GenerationServicer()  # registered before start; answers UNAVAILABLE until the engine is ready
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{server_config.host}:{server_config.port}")
+    address = f"{sc.host}:{sc.port}"
+    port = server.add_secure_port(address, sc.tls.credentials()) if sc.tls else server.add_insecure_port(address)
     # health answers NOT_SERVING while the model loads, so probes can tell "up" from "ready"
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    log.info("listening on %s:%d", server_config.host, port)
+    log.info("server.listening", address=f"{sc.host}:{port}", tls=bool(sc.tls), mtls=bool(sc.tls and sc.tls.client_ca_file),
+             auth=bool(sc.auth_tokens))
+    if not sc.auth_tokens and sc.host not in LOOPBACK:
+        log.warning("server.no_auth", detail="listening beyond loopback without bearer tokens")
 
     loop = asyncio.get_running_loop()
     if engine is None:
         engine = await loop.run_in_executor(None, LLMEngine, engine_config)
-    front = AsyncEngine(engine)
+    metrics = Metrics(engine)
+    metrics_port = metrics.serve_http(sc.metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
+    front = AsyncEngine(engine, listeners=(metrics, RequestLog(sc.log_prompts)))
     servicer.engine = front
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s (%s)", engine.model_name, engine_config.swaa.describe())
+    log.info("server.serving", model=engine.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
+             cache=engine.cache_usage())
     if ready is not None:
         ready.port = port
+        ready.metrics_port = metrics_port
+        ready.engine = front
         ready.set()
 
     stop = stop or asyncio.Event()
@@ -71,8 +123,12 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
             loop.add_signal_handler(sig, stop.set)
         except (RuntimeError, ValueError):  # not the main thread (tests)
             pass
-    await stop.wait()
-    log.info("draining: NOT_SERVING, refusing new calls, %ss for in-flight streams", server_config.grace_s)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(server_config.grace_s)
-    front.shutdown()
+    try:
+        await stop.wait()
+        log.info("server.draining", grace_s=sc.grace_s, running=engine.num_requests())
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(sc.grace_s)
+    finally:
+        front.shutdown()
+        metrics.close()
+        log.info("server.stopped")

@@ -69,10 +69,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args) -> int:
-    if not args.offline:
-        print("swaa generate: talking to a server arrives with the gRPC service; use --offline to run the engine here",
-              file=sys.stderr)
-        return 2
+    return _generate_offline(args) if args.offline else _generate_remote(args)
+
+
+def _generate_offline(args) -> int:
     from swaa_engine.engine import LLMEngine
     from swaa_engine.sampling_params import SamplingParams
 
@@ -81,49 +81,160 @@ def cmd_generate(args) -> int:
     engine = LLMEngine(config)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    engine.add_request(prompt, params)
+    engine.add_request(_prompt(args), params)
     while engine.has_work():
         for chunk in engine.step():
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             if chunk.finished:
-                u, t = chunk.usage, chunk.timings
-                print(f"\n[{chunk.finish_reason.value}; {u.prompt_tokens} prompt + {u.completion_tokens} generated tokens; "
-                      f"first token {t.ttft_s:.2f}s, total {t.total_s:.2f}s]", file=sys.stderr)
+                _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
+                         chunk.timings.ttft_s or 0.0, chunk.timings.total_s)
     return 0
+
+
+def _prompt(args):
+    return [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+
+
+def _summary(reason: str, prompt_tokens: int, completion_tokens: int, ttft: float, total: float) -> None:
+    print(f"\n[{reason}; {prompt_tokens} prompt + {completion_tokens} generated tokens; "
+          f"first token {ttft:.2f}s, total {total:.2f}s]", file=sys.stderr)
+
+
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server connection")
+    g.add_argument("--target", default=None, help="host:port of the service (default: $SWAA_TARGET or 127.0.0.1:50051)")
+    g.add_argument("--token", default=None, help="bearer token (default: $SWAA_TOKEN)")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
+    g.add_argument("--tls-ca", default=None, help="PEM file of the CA that signed the server's certificate")
+    g.add_argument("--tls-cert", default=None, help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--tls-key", default=None, help="client key (PEM) for mutual TLS")
+    g.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
+
+
+def _client(args):
+    from swaa_client import Client
+
+    return Client(args.target, token=args.token, tls=args.tls, root_certificates=args.tls_ca,
+                  client_certificate=args.tls_cert, client_key=args.tls_key, timeout=args.timeout)
+
+
+def _generate_remote(args) -> int:
+    with _client(args) as client:
+        for chunk in client.stream(_prompt(args), max_tokens=args.max_tokens, temperature=args.temperature,
+                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            if chunk.finished:
+                _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
+                         chunk.timings.ttft_s, chunk.timings.total_s)
+    return 0
+
+
+def cmd_health(args) -> int:
+    with _client(args) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def cmd_info(args) -> int:
+    import dataclasses
+    import json
+
+    with _client(args) as client:
+        info = client.model_info()
+    print(json.dumps(dataclasses.asdict(info), indent=2))
+    return 0
+
+
+def _read_tokens(args) -> tuple[str, ...]:
+    """Tokens from --auth-token-file (one per line, # comments) and the env var --auth-token-env names (comma-separated)."""
+    import os
+
+    tokens = []
+    if args.auth_token_file:
+        with open(args.auth_token_file) as f:
+            tokens += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        if not tokens:
+            raise ValueError(f"--auth-token-file: {args.auth_token_file} holds no token")
+    tokens += [t.strip() for t in os.environ.get(args.auth_token_env, "").split(",") if t.strip()]
+    return tuple(dict.fromkeys(tokens))
+
+
+def server_config_from_args(args):
+    from swaa_server.app import ServerConfig, TLSConfig
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key: give both to serve TLS")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca: mutual TLS needs --tls-cert and --tls-key too")
+    tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    return ServerConfig(host=args.host, port=args.port, grace_s=args.grace, max_message_bytes=args.max_message_bytes,
+                        keepalive_s=args.keepalive, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                        metrics_host=args.metrics_host, auth_tokens=_read_tokens(args), tls=tls, log_prompts=args.log_prompts)
 
 
 def cmd_serve(args) -> int:
     import asyncio
-    import logging
 
-    from swaa_server.app import ServerConfig, serve
+    from swaa_server.app import serve
+    from swaa_server.telemetry import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_format, args.log_level)
+    server_config = server_config_from_args(args)
     config = engine_config_from_args(args)
-    asyncio.run(serve(config, ServerConfig(host=args.host, port=args.port, grace_s=args.grace)))
+    asyncio.run(serve(config, server_config))
     return 0
+
+
+def add_serve_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--grace", type=float, default=25.0, help="seconds in-flight streams get after SIGTERM")
+    s.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (-1: off)")
+    s.add_argument("--metrics-host", default="0.0.0.0")
+    s.add_argument("--max-message-bytes", type=int, default=16 << 20, help="largest request or response message")
+    s.add_argument("--keepalive", type=float, default=60.0, help="seconds between keepalive pings on idle connections")
+    a = s.add_argument_group("auth and TLS")
+    a.add_argument("--auth-token-file", default=None, help="file of accepted bearer tokens, one per line")
+    a.add_argument("--auth-token-env", default="SWAA_AUTH_TOKENS",
+                   help="environment variable holding accepted bearer tokens, comma-separated (default: %(default)s)")
+    a.add_argument("--tls-cert", default=None, help="server certificate chain (PEM)")
+    a.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    a.add_argument("--tls-client-ca", default=None, help="CA (PEM) that client certificates must chain to: mutual TLS")
+    o = s.add_argument_group("logs")
+    o.add_argument("--log-format", choices=["json", "console"], default="json")
+    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    o.add_argument("--log-prompts", action="store_true", help="include prompt text in request logs (off: it may be personal data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swaa", description="SWAA inference service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text (with --offline: run the engine in this process)")
+    s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051)")
+    add_serve_args(s)
+    add_engine_args(s)
+    s.set_defaults(func=cmd_serve)
+
+    g = sub.add_parser("generate", help="stream a generation from a server (--offline: run the engine in this process)")
     g.add_argument("prompt")
     g.add_argument("--offline", action="store_true", help="load the model here instead of calling a server")
     g.add_argument("--no-chat", dest="chat", action="store_false", help="send the prompt as raw text, not a chat message")
-    add_engine_args(g)
+    add_client_args(g)
     add_sampling_args(g)
+    add_engine_args(g)
     g.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--grace", type=float, default=25.0, help="seconds in-flight streams get after SIGTERM")
-    add_engine_args(s)
-    s.set_defaults(func=cmd_serve)
+    h = sub.add_parser("health", help="grpc.health.v1 status of a server (exit 0 when SERVING)")
+    h.add_argument("--service", default="", help="service name ('' = the whole server)")
+    add_client_args(h)
+    h.set_defaults(func=cmd_health)
+
+    i = sub.add_parser("info", help="model, SWAA config, per-layer cache layout and cache usage of a server (JSON)")
+    add_client_args(i)
+    i.set_defaults(func=cmd_info)
     return parser
 
 
@@ -134,6 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # config and request errors carry the field in their message
         print(f"swaa {args.command}: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from swaa_client.errors import SwaaError
+
+        if isinstance(e, SwaaError):  # a server's answer: print it, no traceback
+            print(f"swaa {args.command}: {e}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

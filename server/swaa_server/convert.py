@@ -22,6 +22,21 @@ ATTENTION = {
 CACHE = {CacheKind.PAGED: pb.CACHE_KIND_PAGED, CacheKind.RING: pb.CACHE_KIND_RING}
 
 
+_SAMPLING = {f.name for f in pb.SamplingParameters.DESCRIPTOR.fields}
+
+
+def proto_field(engine_field: str) -> str:
+    """The request field path (as in the .proto) for an engine-side field name, for BadRequest details."""
+    head = engine_field.split("[")[0].split(".")[0]
+    if head in _SAMPLING:
+        return f"sampling.{engine_field}"
+    if head == "prompt_token_ids":
+        return "token_ids.ids"
+    if head == "messages":
+        return f"chat.{engine_field}"
+    return engine_field
+
+
 def prompt_of(req) -> str | list[int] | list[dict]:
     which = req.WhichOneof("prompt")
     if which == "text":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -16,15 +17,19 @@ from swaa_engine.sampling_params import InvalidRequestError
 from swaa_engine.scheduler import QueueFullError
 from swaa_server import convert
 
+log = structlog.get_logger("swaa.request")
+
 
 def _bad_request(e: InvalidRequestError) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=e.field, description=e.description)]))
+        error_details_pb2.BadRequest.FieldViolation(field=convert.proto_field(e.field), description=e.description)]))
     return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e), details=[detail])
 
 
-async def _abort_with(context, e: Exception):
+async def _abort_with(context, e: Exception, request_id: str = ""):
+    log.info("request.rejected", request_id=request_id or None, error=type(e).__name__,
+             field=getattr(e, "field", None), reason=getattr(e, "description", str(e)))
     if isinstance(e, InvalidRequestError):
         await context.abort_with_status(rpc_status.to_status(_bad_request(e)))
     if isinstance(e, QueueFullError):
@@ -53,8 +58,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             prompt, params, rid = self._request(request)
             stream = self.engine.stream(prompt, params, rid)
             first = await stream.__anext__()
-        except (InvalidRequestError, QueueFullError, EngineDeadError, ValueError) as e:
-            await _abort_with(context, e if not type(e) is ValueError else InvalidRequestError("request_id", str(e)))
+        except (InvalidRequestError, QueueFullError, EngineDeadError) as e:
+            await _abort_with(context, e, request.request_id)
         try:
             yield convert.chunk_pb(first)
             async for chunk in stream:
@@ -70,9 +75,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             prompt, params, rid = self._request(request)
             chunks = await self.engine.generate(prompt, params, rid)
         except (InvalidRequestError, QueueFullError, EngineDeadError) as e:
-            await _abort_with(context, e)
-        except ValueError as e:
-            await _abort_with(context, InvalidRequestError("request_id", str(e)))
+            await _abort_with(context, e, request.request_id)
         return convert.response_pb(chunks)
 
     async def Abort(self, request, context):

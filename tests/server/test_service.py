@@ -1,106 +1,199 @@
-"""A real server on 127.0.0.1 (tiny random Qwen3, mixed ring + paged caches), called through gRPC."""
+"""The service through the SDK against a real server (tiny random Qwen3, mixed ring + paged caches)."""
 
 import asyncio
 import os
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
+import swaa_client
+from swaa_client import AsyncClient, Client, FinishReason, InvalidArgumentError, ResourceExhaustedError
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
-from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from swaa_engine.engine import LLM, LLMEngine
+from swaa_engine.engine import LLM
 from swaa_engine.sampling_params import SamplingParams
-from swaa_engine.swaa import SWAAConfig
-from swaa_server.app import ServerConfig, serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def server(tiny_qwen3):
-    config = EngineConfig(model=tiny_qwen3[0], swaa=SWAAConfig(window=16, sinks=2, fa_layers=[1]), max_model_len=512,
-                          cache=CacheConfig(block_size=8, budget_bytes=4 << 20), scheduler=SchedulerConfig(max_waiting=64))
-    engine = LLMEngine(config)
-    loop = asyncio.new_event_loop()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    t = threading.Thread(target=loop.run_until_complete,
-                         args=(serve(config, ServerConfig(port=0, grace_s=2), ready, stop, engine=engine),), daemon=True)
-    t.start()
-    for _ in range(200):
-        if ready.is_set():
-            break
-        threading.Event().wait(0.05)
-    assert ready.is_set()
-    channel = grpc.insecure_channel(f"127.0.0.1:{ready.port}")
-    yield pb_grpc.GenerationStub(channel), channel, engine, config
-    loop.call_soon_threadsafe(stop.set)
-    t.join(10)
+@pytest.fixture
+def client(server):
+    with Client(server.target, timeout=60) as c:
+        yield c
 
 
-def req(ids, **sampling):
-    return pb.GenerateRequest(token_ids=pb.TokenIds(ids=ids), sampling=pb.SamplingParameters(**sampling))
-
-
-def test_stream_equals_unary_equals_offline(server, tiny_qwen3):
-    stub, _, engine, config = server
-    r = req([5, 6, 7, 8], max_tokens=20, ignore_eos=True)
-    chunks = list(stub.Generate(r))
-    once = stub.GenerateOnce(r)
+def test_stream_equals_unary_equals_offline(server, client):
+    chunks = list(client.stream([5, 6, 7, 8], max_tokens=20, ignore_eos=True))
+    once = client.generate([5, 6, 7, 8], max_tokens=20, ignore_eos=True)
     streamed = [t for c in chunks for t in c.token_ids]
-    assert chunks[-1].finished and chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH
-    assert chunks[-1].usage.completion_tokens == 20 and chunks[-1].usage.prompt_tokens == 4
-    offline = LLM(config, hf_config=None).generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0]
+    last = chunks[-1]
+    assert last.finished and last.finish_reason == FinishReason.LENGTH == once.finish_reason
+    assert last.usage.completion_tokens == 20 and last.usage.prompt_tokens == 4
+    assert last.timings.total_s >= last.timings.ttft_s > 0
+    offline = LLM(server.config).generate([[5, 6, 7, 8]], SamplingParams(max_tokens=20, ignore_eos=True))[0]
     assert streamed == list(once.token_ids) == offline.token_ids
 
 
-def test_bad_input_is_invalid_argument_with_field(server):
-    stub = server[0]
-    for r, field in [(req([1, 2], max_tokens=-3), "max_tokens"), (req([1, 2], top_p=1.5), "top_p"),
-                     (req([1, 2], stop_token_ids=[10**6]), "stop_token_ids"), (pb.GenerateRequest(), "prompt"),
-                     (req([1] * 600), "prompt")]:
-        with pytest.raises(grpc.RpcError) as e:
-            stub.GenerateOnce(r)
-        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        status = rpc_status.from_call(e.value)
-        from google.rpc import error_details_pb2
-
-        br = error_details_pb2.BadRequest()
-        status.details[0].Unpack(br)
-        assert br.field_violations[0].field == field
-    assert stub.GetModelInfo(pb.GetModelInfoRequest()).architecture == "qwen3"  # still serving
+def test_logprobs_and_seeded_sampling(client):
+    a = client.generate([1, 2, 3], max_tokens=8, temperature=0.9, seed=7, logprobs=3, ignore_eos=True)
+    b = client.generate([1, 2, 3], max_tokens=8, temperature=0.9, seed=7, logprobs=3, ignore_eos=True)
+    assert a.token_ids == b.token_ids and len(a.logprobs) == 8
+    assert all(len(l.top) == 3 and l.logprob <= 0 for l in a.logprobs)
 
 
-def test_cancel_and_abort_free_the_cache(server):
-    stub, _, engine, _ = server
-    call = stub.Generate(req([3, 4, 5], max_tokens=400, ignore_eos=True))
-    next(call)
-    call.cancel()
-    rid = "abort-me"
-    stream = stub.Generate(pb.GenerateRequest(request_id=rid, token_ids=pb.TokenIds(ids=[9, 9, 9]),
-                                              sampling=pb.SamplingParameters(max_tokens=400, ignore_eos=True)))
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(prompt=[1, 2], max_tokens=-3), "sampling.max_tokens"),
+    (dict(prompt=[1, 2], top_p=1.5), "sampling.top_p"),
+    (dict(prompt=[1, 2], stop_token_ids=[10**6]), "sampling.stop_token_ids"),
+    (dict(prompt=[1, 2], temperature=-1.0), "sampling.temperature"),
+    (dict(prompt=[]), "prompt"),
+    (dict(prompt=[1] * 600), "prompt"),
+    (dict(prompt=[1, 10**6]), "token_ids.ids"),
+    (dict(prompt="text needs a tokenizer"), "prompt"),
+])
+def test_bad_input_is_invalid_argument_with_field(client, kwargs, field):
+    with pytest.raises(InvalidArgumentError) as e:
+        client.generate(**kwargs)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in e.value.field_violations] == [field]
+    with pytest.raises(InvalidArgumentError):  # the stream reports the same before any chunk
+        list(client.stream(**kwargs))
+    assert client.model_info().architecture == "qwen3"  # still serving
+
+
+def test_undecodable_and_huge_messages(server, client):
+    channel = grpc.insecure_channel(server.target)
+    raw = channel.unary_unary("/swaa.v1.Generation/GenerateOnce", request_serializer=lambda b: b,
+                              response_deserializer=pb.GenerateResponse.FromString)
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\x12\x02\xff\xfe")  # field 2 (text) with invalid UTF-8
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request" in e.value.details()
+    with pytest.raises(ResourceExhaustedError):  # over the server's 1 MiB message limit
+        client.generate([1000] * 600_000, max_tokens=1)  # 1.2 MB packed
+    channel.close()
+    assert client.generate([4, 5], max_tokens=2).usage.completion_tokens == 2
+
+
+def test_fifty_concurrent_streams(server):
+    async def one(c, i):
+        n, text = 0, 0
+        async for ch in c.stream([1 + i % 50, 2, 3], max_tokens=12 + i % 7, ignore_eos=True):
+            n += len(ch.token_ids)
+            last = ch
+        return n == 12 + i % 7 and last.finish_reason == FinishReason.LENGTH
+
+    async def main():
+        async with AsyncClient(server.target, timeout=120) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(50)))
+
+    assert all(asyncio.run(main()))
+    assert server.wait_idle()
+
+
+def test_cancel_mid_stream_frees_every_slot(server, client):
+    for _ in range(5):
+        for i, chunk in enumerate(client.stream([3, 4, 5], max_tokens=400, ignore_eos=True)):
+            if i == 3:
+                break  # closes the generator: the SDK cancels the call
+
+    async def cancel_async():
+        async with AsyncClient(server.target) as c:
+            task = asyncio.ensure_future(c.generate([7, 7, 7], max_tokens=400, ignore_eos=True))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(cancel_async())
+    assert server.wait_idle()
+    info = client.model_info()
+    assert info.paged.used == 0 and info.ring.used == 0 and info.ring.total > 0 and info.paged.total > 0
+    assert [l.cache for l in info.layers] == ["ring", "paged", "ring", "ring"]
+    assert info.window == 16 and info.sinks == 2
+
+
+def test_abort_from_a_second_client(server, client):
+    stream = client.stream([9, 9, 9], max_tokens=400, ignore_eos=True, request_id="abort-me")
+    first = next(stream)
+    assert first.request_id == "abort-me"
+    with Client(server.target) as other:
+        assert other.abort("abort-me")
+        assert not other.abort("no-such-request")
+    rest = list(stream)
+    assert rest[-1].finish_reason == FinishReason.ABORT
+    assert server.wait_idle()
+
+
+def test_duplicate_running_request_id_is_refused(client):
+    stream = client.stream([9, 8], max_tokens=400, ignore_eos=True, request_id="dup")
     next(stream)
-    assert stub.Abort(pb.AbortRequest(request_id=rid)).aborted
-    last = list(stream)[-1]
-    assert last.finish_reason == pb.FINISH_REASON_ABORT
-    for _ in range(100):
-        if engine.cache.is_idle():
-            break
-        threading.Event().wait(0.05)
-    info = stub.GetModelInfo(pb.GetModelInfoRequest())
-    assert info.paged.used == 0 and info.ring.used == 0 and info.ring.total > 0
-    assert [l.cache for l in info.layers] == [pb.CACHE_KIND_RING, pb.CACHE_KIND_PAGED, pb.CACHE_KIND_RING, pb.CACHE_KIND_RING]
+    with pytest.raises(InvalidArgumentError) as e:
+        client.generate([1], request_id="dup")
+    assert e.value.field_violations[0].field == "request_id"
+    stream.close()
 
 
-def test_health_serving(server):
-    channel = server[1]
-    resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="swaa.v1.Generation"))
-    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+def test_health_info_count_and_metrics(server, client):
+    assert client.health() == "SERVING" and client.health("swaa.v1.Generation") == "SERVING"
+    client.generate([1, 2, 3], max_tokens=5, ignore_eos=True)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    for name in ("swaa_time_to_first_token_seconds_count", "swaa_time_per_output_token_seconds_count",
+                 "swaa_e2e_request_latency_seconds_count", "swaa_request_queue_time_seconds_count",
+                 "swaa_num_requests_running", "swaa_num_requests_waiting", "swaa_generation_tokens_total",
+                 'swaa_cache_usage_ratio{pool="paged"}', 'swaa_cache_usage_ratio{pool="ring"}', 'finish_reason="length"'):
+        assert name in body, name
+    count = [l for l in body.splitlines() if l.startswith("swaa_time_to_first_token_seconds_count")][0]
+    assert float(count.split()[-1]) >= 1
+
+
+def test_sdk_retries_unavailable_before_the_first_token():
+    """A server that is UNAVAILABLE twice, then answers: generate and stream succeed on attempt 3."""
+    from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
+
+    class Flaky(pb_grpc.GenerationServicer):
+        calls = 0
+
+        async def GenerateOnce(self, request, context):
+            Flaky.calls += 1
+            if Flaky.calls % 3:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "loading")
+            return pb.GenerateResponse(request_id="r", token_ids=[1], finish_reason=pb.FINISH_REASON_LENGTH)
+
+        async def Generate(self, request, context):
+            Flaky.calls += 1
+            if Flaky.calls % 3:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "loading")
+            yield pb.GenerateChunk(request_id="r", token_ids=[1], finished=True, finish_reason=pb.FINISH_REASON_LENGTH)
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box = {}
+
+    async def run():
+        srv = grpc.aio.server()
+        pb_grpc.add_GenerationServicer_to_server(Flaky(), srv)
+        box["port"] = srv.add_insecure_port("127.0.0.1:0")
+        await srv.start()
+        box["stop"] = asyncio.Event()
+        started.set()
+        await box["stop"].wait()
+        await srv.stop(0)
+
+    t = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    t.start()
+    started.wait(10)
+    fast = swaa_client.RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+    with Client(f"127.0.0.1:{box['port']}", retry=fast) as c:
+        assert c.generate("x").token_ids == (1,) and Flaky.calls == 3
+        assert [ch.token_ids for ch in c.stream("x")] == [(1,)] and Flaky.calls == 6
+    with Client(f"127.0.0.1:{box['port']}", retry=swaa_client.NO_RETRY) as c:
+        with pytest.raises(swaa_client.UnavailableError):
+            c.generate("x")
+    loop.call_soon_threadsafe(box["stop"].set)
+    t.join(5)
 
 
 def test_checked_in_stubs_match_the_proto():
@@ -113,12 +206,11 @@ def test_unavailable_while_loading():
 
     class Ctx:
         async def abort(self, code, details):
-            raise grpc.aio.AbortError(code, details) if hasattr(grpc.aio, "AbortError") else RuntimeError(code)
+            raise RuntimeError(code)
 
     async def call():
-        with pytest.raises(Exception) as e:
+        with pytest.raises(RuntimeError) as e:
             await GenerationServicer().GetModelInfo(pb.GetModelInfoRequest(), Ctx())
         return e.value
 
-    err = asyncio.run(call())
-    assert "UNAVAILABLE" in repr(err.args) or grpc.StatusCode.UNAVAILABLE in err.args
+    assert asyncio.run(call()).args[0] == grpc.StatusCode.UNAVAILABLE

@@ -27,6 +27,17 @@ if _version_not_supported:
 
 class GenerationStub:
     """Generation serves one model deployment.
+
+    Status codes (every rpc):
+    INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
+    google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
+    as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
+    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
+    (clients must not retry a stream that already delivered tokens)
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    (grpc.health.v1 and reflection never need a token)
+    INTERNAL           the engine failed; the request's cache is released
     """
 
     def __init__(self, channel):
@@ -64,6 +75,17 @@ class GenerationStub:
 
 class GenerationServicer:
     """Generation serves one model deployment.
+
+    Status codes (every rpc):
+    INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
+    google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
+    as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
+    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
+    (clients must not retry a stream that already delivered tokens)
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    (grpc.health.v1 and reflection never need a token)
+    INTERNAL           the engine failed; the request's cache is released
     """
 
     def Generate(self, request, context):
@@ -140,6 +162,17 @@ def add_GenerationServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Generation:
     """Generation serves one model deployment.
+
+    Status codes (every rpc):
+    INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
+    google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
+    as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
+    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
+    (clients must not retry a stream that already delivered tokens)
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    (grpc.health.v1 and reflection never need a token)
+    INTERNAL           the engine failed; the request's cache is released
     """
 
     @staticmethod

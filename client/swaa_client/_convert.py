@@ -1,0 +1,83 @@
+"""swaa.v1 messages <-> the SDK's typed results (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+from swaa_client.types import Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Timings, TokenLogprob, Usage
+
+Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
+
+_FINISH = {pb.FINISH_REASON_LENGTH: FinishReason.LENGTH, pb.FINISH_REASON_STOP: FinishReason.STOP,
+           pb.FINISH_REASON_EOS: FinishReason.EOS, pb.FINISH_REASON_ABORT: FinishReason.ABORT}
+_ATTENTION = {pb.ATTENTION_KIND_FULL: "full", pb.ATTENTION_KIND_SLIDING_FA_DECODE: "sliding_fa_decode",
+              pb.ATTENTION_KIND_SLIDING_RING: "sliding_ring"}
+_CACHE = {pb.CACHE_KIND_PAGED: "paged", pb.CACHE_KIND_RING: "ring"}
+
+
+def set_prompt(msg, prompt: Prompt) -> None:
+    """str → raw text; a sequence of ints → token ids; a sequence of {"role", "content"} → chat messages."""
+    if isinstance(prompt, str):
+        msg.text = prompt
+    elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        msg.chat.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt)
+    elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        msg.token_ids.ids.extend(prompt)
+    else:
+        raise TypeError("prompt must be a str, a sequence of token ids, or a sequence of {'role', 'content'} messages")
+
+
+def generate_request(prompt: Prompt, *, request_id: str | None, max_tokens: int | None, temperature: float,
+                     top_k: int, top_p: float | None, min_p: float, repetition_penalty: float | None,
+                     seed: int | None, stop: Sequence[str] | str | None, stop_token_ids: Sequence[int] | None,
+                     logprobs: int | None, ignore_eos: bool) -> pb.GenerateRequest:
+    s = pb.SamplingParameters(temperature=temperature, top_k=top_k, min_p=min_p, ignore_eos=ignore_eos,
+                              stop=[stop] if isinstance(stop, str) else list(stop or ()),
+                              stop_token_ids=list(stop_token_ids or ()))
+    for name, value in (("top_p", top_p), ("repetition_penalty", repetition_penalty), ("seed", seed), ("max_tokens", max_tokens)):
+        if value is not None:
+            setattr(s, name, value)
+    if logprobs is not None:
+        s.return_logprobs, s.logprobs = True, logprobs
+    req = pb.GenerateRequest(request_id=request_id or "", sampling=s)
+    set_prompt(req, prompt)
+    return req
+
+
+def request_from_call_args(args: dict) -> pb.GenerateRequest:
+    """``generate``/``stream`` pass their ``locals()``: one list of sampling arguments, kept in their signatures."""
+    return generate_request(**{k: v for k, v in args.items() if k not in ("self", "timeout")})
+
+
+def _logprobs(msg) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob(l.token_id, l.logprob, tuple((t.token_id, t.logprob) for t in l.top)) for l in msg.logprobs)
+
+
+def _final(msg) -> dict:
+    return dict(finish_reason=_FINISH.get(msg.finish_reason),
+                stop=msg.stop or None,
+                stop_token_id=msg.stop_token_id if msg.HasField("stop_token_id") else None,
+                usage=Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens, msg.usage.cached_tokens),
+                timings=Timings(msg.timings.queue_seconds, msg.timings.ttft_seconds, msg.timings.total_seconds))
+
+
+def chunk(msg: pb.GenerateChunk) -> Chunk:
+    return Chunk(request_id=msg.request_id, token_ids=tuple(msg.token_ids), text=msg.text, logprobs=_logprobs(msg),
+                 finished=msg.finished, **(_final(msg) if msg.finished else {}))
+
+
+def completion(msg: pb.GenerateResponse) -> Completion:
+    return Completion(request_id=msg.request_id, token_ids=tuple(msg.token_ids), text=msg.text,
+                      logprobs=_logprobs(msg), **_final(msg))
+
+
+def model_info(msg: pb.ModelInfo) -> ModelInfo:
+    sw = msg.swaa
+    return ModelInfo(
+        model=msg.model, architecture=msg.architecture, max_context=msg.max_context,
+        window=sw.window if sw.HasField("window") else None, sinks=sw.sinks, fa_decode=sw.fa_decode, fa_layers=sw.fa_layers,
+        layers=tuple(LayerInfo(l.layer, _ATTENTION.get(l.attention, "unspecified"), _CACHE.get(l.cache, "unspecified"))
+                     for l in msg.layers),
+        block_size=msg.block_size, paged=PoolUsage(msg.paged.used, msg.paged.total), ring=PoolUsage(msg.ring.used, msg.ring.total),
+        vocab_size=msg.vocab_size)

@@ -1,0 +1,71 @@
+"""Connection options shared by Client and AsyncClient: target, TLS, token, deadlines, retries."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries on UNAVAILABLE, only while no token has reached the caller (so output is never duplicated)."""
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s or self.multiplier < 1:
+            raise ValueError("backoff: need 0 <= initial_backoff_s <= max_backoff_s and multiplier >= 1")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (full jitter)."""
+        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1)))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    token: str | None
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, object], ...]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def _read(x: bytes | str | None) -> bytes | None:
+    if x is None or isinstance(x, bytes):
+        return x
+    with open(x, "rb") as f:
+        return f.read()
+
+
+def connection(target: str | None, *, token: str | None, tls: bool, root_certificates, client_certificate,
+               client_key, server_name: str | None, max_message_bytes: int) -> Connection:
+    """Explicit arguments win; else SWAA_TARGET and SWAA_TOKEN from the environment; else the local default."""
+    target = target or os.environ.get("SWAA_TARGET") or DEFAULT_TARGET
+    token = token if token is not None else os.environ.get("SWAA_TOKEN") or None
+    creds = None
+    if tls or root_certificates is not None or client_certificate is not None:
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("client_certificate and client_key: give both for mutual TLS, or neither")
+        creds = grpc.ssl_channel_credentials(root_certificates=_read(root_certificates),
+                                             private_key=_read(client_key), certificate_chain=_read(client_certificate))
+    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
+               ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return Connection(target, token, creds, tuple(options))

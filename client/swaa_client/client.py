@@ -1,0 +1,147 @@
+"""Blocking client.
+
+    >>> from swaa_client import Client
+    >>> with Client("127.0.0.1:50051") as client:                      # doctest: +SKIP
+    ...     print(client.generate("The capital of France is", max_tokens=8).text)
+    ...     for chunk in client.stream([{"role": "user", "content": "Hi!"}], max_tokens=32):
+    ...         print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from swaa_client import _convert, _wire
+from swaa_client._options import NO_RETRY, Connection, RetryPolicy, connection
+from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
+from swaa_client.errors import SwaaError, UnavailableError, from_rpc_error
+from swaa_client.types import Chunk, Completion, ModelInfo
+
+
+def _error(e: grpc.RpcError) -> SwaaError:
+    return from_rpc_error(e.code(), e.details(), e.trailing_metadata())
+
+
+class Client:
+    """A connection to one swaa-serve deployment.
+
+    Args:
+        target: ``host:port``; default ``$SWAA_TARGET`` or ``127.0.0.1:50051``.
+        token: bearer token; default ``$SWAA_TOKEN``.
+        tls: use TLS with the system roots (implied by ``root_certificates`` / ``client_certificate``).
+        root_certificates, client_certificate, client_key: PEM bytes or file paths (the last two for mTLS).
+        server_name: TLS name to verify when it differs from the target's host.
+        timeout: default deadline of each call in seconds (None = no deadline).
+        retry: retry policy for UNAVAILABLE before the first token; ``NO_RETRY`` to disable.
+    """
+
+    def __init__(self, target: str | None = None, *, token: str | None = None, tls: bool = False,
+                 root_certificates: bytes | str | None = None, client_certificate: bytes | str | None = None,
+                 client_key: bytes | str | None = None, server_name: str | None = None, timeout: float | None = None,
+                 retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 16 << 20):
+        self._conn: Connection = connection(target, token=token, tls=tls, root_certificates=root_certificates,
+                                            client_certificate=client_certificate, client_key=client_key,
+                                            server_name=server_name, max_message_bytes=max_message_bytes)
+        self._channel = (grpc.secure_channel(self._conn.target, self._conn.credentials, self._conn.options)
+                         if self._conn.credentials else grpc.insecure_channel(self._conn.target, self._conn.options))
+        self._stub = pb_grpc.GenerationStub(self._channel)
+        self._health = self._channel.unary_unary(_wire.HEALTH_CHECK, request_serializer=_wire.HealthCheckRequest.SerializeToString,
+                                                 response_deserializer=_wire.HealthCheckResponse.FromString)
+        self.timeout = timeout
+        self.retry = retry
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
+
+    # -- calls ------------------------------------------------------------------------------
+    def _unary(self, method, request, timeout: float | None, retry: RetryPolicy):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(1, retry.max_attempts + 1):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return method(request, timeout=left, metadata=self._conn.metadata)
+            except grpc.RpcError as e:
+                err = _error(e)
+                if not isinstance(err, UnavailableError) or attempt == retry.max_attempts:
+                    raise err from None
+            time.sleep(retry.backoff(attempt))
+
+    def generate(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None, seed: int | None = None,
+                 stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
+                 logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
+                 timeout: float | None = None) -> Completion:
+        """Generate and return the whole result.
+
+        ``prompt`` is raw text (str), token ids, or chat messages ``[{"role": "user", "content": "..."}]``.
+        ``logprobs=n`` returns each token's logprob and its top-n alternatives (0 = the token's only).
+        Greedy unless ``temperature`` > 0; ``seed`` makes sampling reproducible.
+
+        >>> client.generate("2 + 2 =", max_tokens=4).finish_reason    # doctest: +SKIP
+        <FinishReason.LENGTH: 'length'>
+        """
+        req = _convert.request_from_call_args(locals())
+        return _convert.completion(self._unary(self._stub.GenerateOnce, req, timeout or self.timeout, self.retry))
+
+    def stream(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0, top_k: int = 0,
+               top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None, seed: int | None = None,
+               stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
+               logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
+               timeout: float | None = None) -> Iterator[Chunk]:
+        """Yield chunks as tokens are generated; the last has ``finished`` set. Same arguments as ``generate``.
+
+        Leaving the loop early (``break``, an exception) cancels the call; the server then frees the cache.
+        """
+        req = _convert.request_from_call_args(locals())
+        timeout = timeout or self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(1, self.retry.max_attempts + 1):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            call = self._stub.Generate(req, timeout=left, metadata=self._conn.metadata)
+            received = False
+            try:
+                for msg in call:
+                    received = True
+                    yield _convert.chunk(msg)
+                return
+            except grpc.RpcError as e:
+                err = _error(e)
+                if received or not isinstance(err, UnavailableError) or attempt == self.retry.max_attempts:
+                    raise err from None
+            finally:
+                call.cancel()  # no-op once finished; frees the server's request when the caller stops early
+            time.sleep(self.retry.backoff(attempt))
+
+    def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
+        """Abort a running request (from any connection); its stream ends with finish reason ``abort``.
+        Returns False when no such request is running."""
+        return self._unary(self._stub.Abort, pb.AbortRequest(request_id=request_id), timeout or self.timeout, self.retry).aborted
+
+    def count_tokens(self, prompt: str | Sequence[dict], *, timeout: float | None = None) -> list[int]:
+        """The token ids the server's tokenizer makes of ``prompt`` (text, or chat messages with the template)."""
+        req = pb.CountTokensRequest()
+        _convert.set_prompt(req, prompt)
+        return list(self._unary(self._stub.CountTokens, req, timeout or self.timeout, self.retry).token_ids)
+
+    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """Model, context limit, SWAA config, per-layer cache layout and cache capacity/usage."""
+        return _convert.model_info(self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout or self.timeout, self.retry))
+
+    def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """grpc.health.v1 status: "SERVING", "NOT_SERVING", ... (no retries: it reports the state now)."""
+        resp = self._unary(self._health, _wire.HealthCheckRequest(service=service), timeout, NO_RETRY)
+        return _wire.HEALTH_STATUS.get(resp.status, "UNKNOWN")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

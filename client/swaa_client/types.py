@@ -1,0 +1,95 @@
+"""Typed results of the SDK: plain frozen dataclasses, independent of the generated protobuf classes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    LENGTH = "length"  # max_tokens reached
+    STOP = "stop"      # a stop string or stop token id matched
+    EOS = "eos"        # the model's end-of-sequence token
+    ABORT = "abort"    # cancelled or aborted
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_s: float  # arrival until first scheduled
+    ttft_s: float   # arrival until the first generated token (0 when none was generated)
+    total_s: float  # arrival until finished
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob) alternatives, best first
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New tokens of a stream. The last chunk has ``finished`` set and carries usage and timings."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    stop: str | None = None
+    stop_token_id: int | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation (``Client.generate``)."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop: str | None = None
+    stop_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    used: int   # blocks (paged pool) or rings (ring pool) in use
+    total: int
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    layer: int
+    attention: str  # "full", "sliding_fa_decode" or "sliding_ring"
+    cache: str      # "paged" or "ring"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    architecture: str
+    max_context: int
+    window: int | None  # None = full attention
+    sinks: int
+    fa_decode: str
+    fa_layers: str
+    layers: tuple[LayerInfo, ...]
+    block_size: int
+    paged: PoolUsage
+    ring: PoolUsage
+    vocab_size: int
+    extra: dict = field(default_factory=dict, compare=False)

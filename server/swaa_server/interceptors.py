@@ -1,0 +1,97 @@
+"""Server interceptors: bearer-token auth, and INVALID_ARGUMENT (not UNKNOWN) for undecodable requests."""
+
+from __future__ import annotations
+
+import hmac
+
+import grpc
+from google.protobuf.message import DecodeError
+
+# probes and tooling must work without a token: health for kubelet, reflection for grpcurl
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _replace_behaviour(handler: grpc.RpcMethodHandler, unary, stream):
+    """Same method kind and serializers, new behaviour (only unary request kinds exist in swaa.v1)."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+                                                    response_serializer=handler.response_serializer)
+    return handler
+
+
+class BearerAuth(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` with one of ``tokens`` on every rpc but health and reflection."""
+
+    def __init__(self, tokens: tuple[str, ...]):
+        if not tokens or any(not t for t in tokens):
+            raise ValueError("auth tokens: need at least one non-empty token")
+        self._tokens = tuple(t.encode() for t in tokens)
+
+    def _authorized(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                given = value[len("Bearer "):].encode()
+                # compare against every token in constant time: no early exit that leaks which prefix matched
+                return any([hmac.compare_digest(given, t) for t in self._tokens])
+        return False
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES) or self._authorized(details.invocation_metadata):
+            return handler
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+        async def deny_stream(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            yield  # pragma: no cover - makes this an async generator, as unary-stream handlers must be
+
+        return _replace_behaviour(handler, deny, deny_stream)
+
+
+class _Undecodable:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class DecodeErrors(grpc.aio.ServerInterceptor):
+    """grpc answers UNKNOWN when a request does not parse (invalid UTF-8 in a string field, say);
+    the contract says INVALID_ARGUMENT, naming the message."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        # only our own handlers: they are coroutines / async generators (health's Watch writes via context)
+        if handler is None or handler.request_deserializer is None or not details.method.startswith("/swaa.v1."):
+            return handler
+        parse = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return parse(data)
+            except DecodeError as e:
+                return _Undecodable(e)
+
+        inner_unary, inner_stream = handler.unary_unary, handler.unary_stream
+
+        async def unary(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: {request.error}")
+            return await inner_unary(request, context)
+
+        async def stream(request, context):
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: {request.error}")
+            async for item in inner_stream(request, context):
+                yield item
+
+        if inner_unary:
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=lenient,
+                                                       response_serializer=handler.response_serializer)
+        if inner_stream:
+            return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=lenient,
+                                                        response_serializer=handler.response_serializer)
+        return handler

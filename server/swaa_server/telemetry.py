@@ -1,0 +1,135 @@
+"""Prometheus metrics and structured (structlog JSON) request logs, both fed by AsyncEngine listeners."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from swaa_engine.outputs import StreamChunk
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+class _EngineCollector:
+    """Gauges read from the engine at scrape time, so they are never stale."""
+
+    def __init__(self, engine, labels: dict[str, str]):
+        self.engine, self.labels = engine, labels
+
+    def collect(self):
+        names, values = list(self.labels), list(self.labels.values())
+        n = self.engine.num_requests()
+        for state in ("running", "waiting"):
+            g = GaugeMetricFamily(f"swaa_num_requests_{state}", f"requests {state} in the engine", labels=names)
+            g.add_metric(values, n[state])
+            yield g
+        usage = self.engine.cache_usage()
+        perc = GaugeMetricFamily("swaa_cache_usage_ratio", "fraction of the KV pool in use (paged blocks or rings)",
+                                 labels=names + ["pool"])
+        used = GaugeMetricFamily("swaa_cache_used", "KV pool units in use (blocks or rings)", labels=names + ["pool"])
+        total = GaugeMetricFamily("swaa_cache_capacity", "KV pool units (blocks or rings)", labels=names + ["pool"])
+        for pool, u in usage.items():
+            perc.add_metric(values + [pool], u["used"] / u["total"] if u["total"] else 0.0)
+            used.add_metric(values + [pool], u["used"])
+            total.add_metric(values + [pool], u["total"])
+        yield from (perc, used, total)
+        pre = CounterMetricFamily("swaa_preemptions", "sequences preempted (recomputed later) for lack of cache",
+                                  labels=names)
+        pre.add_metric(values, self.engine.scheduler.num_preemptions)
+        yield pre
+
+
+class Metrics:
+    """Request histograms and token counters (a listener), engine gauges (a collector), one registry."""
+
+    def __init__(self, engine, labels: dict[str, str] | None = None, registry: CollectorRegistry | None = None):
+        self.labels = dict(labels or {})
+        self.registry = registry or CollectorRegistry()
+        names = list(self.labels)
+
+        def hist(name, doc, buckets):
+            return Histogram(name, doc, names, registry=self.registry, buckets=buckets)
+
+        self.ttft = hist("swaa_time_to_first_token_seconds", "arrival to first generated token", _LATENCY_BUCKETS)
+        self.tpot = hist("swaa_time_per_output_token_seconds", "mean time between generated tokens of a request", _TPOT_BUCKETS)
+        self.e2e = hist("swaa_e2e_request_latency_seconds", "arrival to finish", _LATENCY_BUCKETS)
+        self.queue = hist("swaa_request_queue_time_seconds", "arrival to first scheduled", _LATENCY_BUCKETS)
+        self.prompt_tokens = Counter("swaa_prompt_tokens", "prompt tokens of finished requests", names, registry=self.registry)
+        self.generation_tokens = Counter("swaa_generation_tokens", "generated tokens", names, registry=self.registry)
+        self.requests = Counter("swaa_requests", "finished requests by finish reason", names + ["finish_reason"],
+                                registry=self.registry)
+        self.registry.register(_EngineCollector(engine, self.labels))
+        self._http = None
+
+    def _l(self, m, **extra):
+        labels = {**self.labels, **extra}
+        return m.labels(**labels) if labels else m
+
+    def on_accept(self, request_id, prompt, params) -> None:
+        pass
+
+    def on_finish(self, chunk: StreamChunk) -> None:
+        t, u = chunk.timings, chunk.usage
+        self._l(self.requests, finish_reason=chunk.finish_reason.value).inc()
+        self._l(self.prompt_tokens).inc(u.prompt_tokens)
+        self._l(self.generation_tokens).inc(u.completion_tokens)
+        self._l(self.e2e).observe(t.total_s)
+        self._l(self.queue).observe(t.queue_s)
+        if t.ttft_s is not None:
+            self._l(self.ttft).observe(t.ttft_s)
+            if u.completion_tokens > 1:
+                self._l(self.tpot).observe((t.total_s - t.ttft_s) / (u.completion_tokens - 1))
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Expose /metrics; returns the bound port (``port`` 0 picks a free one)."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    """structlog to stderr: one JSON object per line (``fmt="console"`` for humans). Also routes stdlib logging."""
+    lvl = getattr(logging, level.upper())
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+              structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    structlog.configure(processors=shared + [structlog.processors.format_exc_info, renderer],
+                        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr), cache_logger_on_first_use=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+
+
+class RequestLog:
+    """One event when a request is accepted and one when it ends, each with its request id.
+    Prompt text is left out unless ``log_prompts`` (it may hold personal data)."""
+
+    def __init__(self, log_prompts: bool = False, **bind):
+        self.log = structlog.get_logger("swaa.request").bind(**bind)
+        self.log_prompts = log_prompts
+
+    def on_accept(self, request_id, prompt, params) -> None:
+        kind = "text" if isinstance(prompt, str) else "chat" if prompt and isinstance(prompt[0], dict) else "token_ids"
+        extra = {"prompt": prompt} if self.log_prompts else {}
+        self.log.info("request.accepted", request_id=request_id, prompt_kind=kind,
+                      max_tokens=getattr(params, "max_tokens", None), temperature=getattr(params, "temperature", None), **extra)
+
+    def on_finish(self, chunk: StreamChunk) -> None:
+        t, u = chunk.timings, chunk.usage
+        self.log.info("request.finished", request_id=chunk.request_id, finish_reason=chunk.finish_reason.value,
+                      prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                      queue_s=round(t.queue_s, 4), ttft_s=None if t.ttft_s is None else round(t.ttft_s, 4),
+                      total_s=round(t.total_s, 4))

@@ -1,0 +1,115 @@
+"""`swaa serve` as a real process: CLI clients, JSON request logs without prompt text, SIGTERM drain."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from swaa_client import NO_RETRY, Client, FinishReason, UnavailableError
+
+MARKER = "Confidential-Prompt-Marker-7431"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _swaa(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "swaa_server.cli", *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def proc(tiny_chat_folder, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, SWAA_AUTH_TOKENS="tok-1,tok-2")
+    p = subprocess.Popen([sys.executable, "-m", "swaa_server.cli", "serve", "--model", tiny_chat_folder, "--port", str(port),
+                          "--metrics-port", "-1", "--grace", "20", "--window", "16", "--sinks", "2", "--fa-decode",
+                          "--max-model-len", "1024", "--cache-bytes", str(8 << 20)],
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True).start()
+    target = f"127.0.0.1:{port}"
+    end = time.monotonic() + 120
+    with Client(target, token="tok-1") as c:
+        while time.monotonic() < end:
+            try:
+                if c.health() == "SERVING":
+                    break
+            except UnavailableError:
+                pass
+            assert p.poll() is None, "".join(lines)
+            time.sleep(0.2)
+    yield p, target, lines
+    if p.poll() is None:
+        p.kill()
+
+
+def test_cli_clients(proc):
+    p, target, _ = proc
+    env = dict(os.environ, SWAA_TOKEN="tok-2")
+    out = _swaa("generate", "Say hi", "--target", target, "--max-tokens", "5", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "5 generated tokens" in out.stderr
+    assert _swaa("health", "--target", target).stdout.strip() == "SERVING"
+    info = _swaa("info", "--target", target, env=env)
+    assert info.returncode == 0, info.stderr
+    layout = json.loads(info.stdout)
+    assert layout["window"] == 16 and {l["attention"] for l in layout["layers"]} == {"sliding_fa_decode"}
+    denied = _swaa("info", "--target", target)  # no token
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_sigterm_lets_streams_finish_then_exits_zero(proc):
+    p, target, lines = proc
+    results, errors, started = {}, [], threading.Semaphore(0)
+    n_tokens = 800
+
+    def run(i):
+        try:
+            with Client(target, token="tok-1", timeout=60) as c:
+                chunks = []
+                for chunk in c.stream([{"role": "user", "content": f"{MARKER} number {i}"}], max_tokens=n_tokens,
+                                      ignore_eos=True, request_id=f"drain-{i}"):
+                    if not chunks:
+                        started.release()
+                    chunks.append(chunk)
+                results[i] = chunks
+        except Exception as e:  # pragma: no cover - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert started.acquire(timeout=30)
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with Client(target, token="tok-1", retry=NO_RETRY, timeout=10) as late:  # draining: new calls are refused
+        with pytest.raises(UnavailableError):
+            late.generate([1, 2, 3], max_tokens=2)
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert p.wait(60) == 0
+    for i in range(4):
+        last = results[i][-1]
+        assert last.finish_reason == FinishReason.LENGTH and sum(len(c.token_ids) for c in results[i]) == n_tokens
+    log = "".join(lines)
+    assert MARKER not in log  # no prompt text in logs by default
+    events = [json.loads(l) for l in lines if l.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "server.draining" in names and names[-1] == "server.stopped"
+    drain = next(e for e in events if e["event"] == "server.draining")
+    assert drain["running"]["running"] + drain["running"]["waiting"] > 0  # SIGTERM really landed mid-stream
+    finished = {e["request_id"] for e in events if e["event"] == "request.finished"}
+    accepted = {e["request_id"] for e in events if e["event"] == "request.accepted"}
+    assert {f"drain-{i}" for i in range(4)} <= finished & accepted
+    assert all("request_id" in e for e in events if e["event"].startswith("request."))
