@@ -123,7 +123,8 @@ class LLMEngine:
         if cc.budget_bytes is not None:
             return cc.budget_bytes
         # Never more than max_num_seqs full-length sequences need: on the CPU the pools are RAM.
-        need = self.config.scheduler.max_num_seqs * self.max_model_len * kv.bytes_per_token * self.dims.num_layers
+        padded_len = -(-self.max_model_len // cc.block_size) * cc.block_size  # whole blocks
+        need = self.config.scheduler.max_num_seqs * padded_len * kv.bytes_per_token * self.dims.num_layers
         return max(1, min(int(cc.budget_fraction * free_memory_bytes(self.device)), need))
 
     def _eos_ids(self) -> frozenset[int]:

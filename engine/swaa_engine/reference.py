@@ -1,7 +1,8 @@
 """Slow, obviously-correct SWAA: transformers' own model with an explicit per-layer mask.
 
-No cache and no chunking: every call runs the whole sequence. The mask is written out pair by
-pair from the definition (``swaa.sliding_visible``), and attention is eager softmax(QKᵀ)V.
+No cache and no chunking: every call runs the whole sequence. The mask is the definition
+(``swaa.sliding_visible``) over whole index grids, and attention is eager softmax(QKᵀ)V.
+
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 
 import torch
 
-from swaa_engine.swaa import AttentionKind, SWAAConfig, sliding_visible
+from swaa_engine.swaa import AttentionKind, SWAAConfig
 
 _STATE: contextvars.ContextVar = contextvars.ContextVar("swaa_reference_state")
 IMPLEMENTATION = "swaa_reference"
@@ -19,12 +20,17 @@ IMPLEMENTATION = "swaa_reference"
 
 @functools.lru_cache(maxsize=64)
 def explicit_mask(kind: AttentionKind, length: int, num_prompt: int, window: int | None, sinks: int) -> torch.Tensor:
-    """``[length, length]`` bool, True where query i may see key j."""
-    rows = []
-    for i in range(length):
-        full = kind is AttentionKind.FULL or (kind is AttentionKind.SLIDING_FA_DECODE and i >= num_prompt)
-        rows.append([j <= i if full else sliding_visible(i, j, window, sinks) for j in range(length)])
-    return torch.tensor(rows, dtype=torch.bool)
+    """``[length, length]`` bool, True where query i may see key j: ``sliding_visible`` written over
+    whole index grids (a test checks the two agree pair by pair)."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    causal = j <= i
+    if kind is AttentionKind.FULL:
+        return causal
+    sliding = causal & ((i - j < window) | (j < sinks))
+    if kind is AttentionKind.SLIDING_FA_DECODE:
+        return torch.where(i >= num_prompt, causal, sliding)
+    return sliding
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

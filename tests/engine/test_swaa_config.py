@@ -72,3 +72,16 @@ def test_canonical_configs_cover_the_paper_six():
     c = canonical_configs(64, 4)
     assert len(c) == 6 and c["fa"].is_full
     assert kinds(c["swa+sinks+half_fa"], 4) == [AttentionKind.SLIDING_RING, AttentionKind.FULL] * 2
+
+
+def test_reference_mask_is_sliding_visible_pair_by_pair():
+    from swaa_engine.reference import explicit_mask
+    from swaa_engine.swaa import AttentionKind, sliding_visible
+
+    L, P, W, S = 40, 25, 7, 3
+    for kind in AttentionKind:
+        m = explicit_mask(kind, L, P, W, S)
+        for i in range(L):
+            full = kind is AttentionKind.FULL or (kind is AttentionKind.SLIDING_FA_DECODE and i >= P)
+            for j in range(L):
+                assert bool(m[i, j]) == (j <= i if full else sliding_visible(i, j, W, S)), (kind, i, j)

@@ -9,6 +9,7 @@ the rest are prefill chunks that read earlier context from either cache.
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -16,6 +17,8 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from swaa_engine.swaa import LayerSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class AttentionBackend(ABC):
 # name -> "module:Class", imported on first use so optional kernels cost nothing when unused.
 _REGISTRY: dict[str, str] = {
     "torch": "swaa_engine.attention.torch_backend:TorchBackend",
+    "flash": "swaa_engine.attention.flash_backend:FlashBackend",
 }
 _PREFERENCE = ("flash", "torch")
 
@@ -121,7 +125,8 @@ def create_backend(name: str, device: torch.device, **kwargs) -> AttentionBacken
                 continue
             try:
                 cls = _load(cand)
-            except ImportError:
+            except Exception as e:  # a kernel package that is missing or cannot load its libraries
+                log.info("attention backend %r unavailable: %r", cand, e)
                 continue
             if cls.supports(device):
                 return cls(device=device, **kwargs)
