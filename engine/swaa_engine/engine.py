@@ -24,7 +24,7 @@ from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, 
 from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
 from swaa_engine.scheduler import Scheduler
-from swaa_engine.sequence import FinishReason, Sequence, SeqStatus
+from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
 
 # A prompt: text, token ids, or chat messages ([{"role": …, "content": …}, …]).

@@ -16,7 +16,7 @@ from swaa_engine.engine import LLM
 from swaa_engine.models.llama import AttentionContext
 from swaa_engine.reference import SWAAReference
 from swaa_engine.sampling_params import SamplingParams
-from swaa_engine.swaa import SWAAConfig, canonical_configs
+from swaa_engine.swaa import canonical_configs
 
 CONFIGS = canonical_configs(window=16, sinks=4)
 SMOL_CONFIGS = canonical_configs(window=48, sinks=4)

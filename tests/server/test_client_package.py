@@ -4,7 +4,6 @@ on the embedded SmolLM2-135M-Instruct."""
 import os
 import re
 import subprocess
-import sys
 import venv
 
 import pytest

@@ -79,7 +79,7 @@ def test_undecodable_and_huge_messages(server, client):
 
 def test_fifty_concurrent_streams(server):
     async def one(c, i):
-        n, text = 0, 0
+        n = 0
         async for ch in c.stream([1 + i % 50, 2, 3], max_tokens=12 + i % 7, ignore_eos=True):
             n += len(ch.token_ids)
             last = ch

@@ -12,7 +12,7 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -61,6 +61,37 @@ class CacheGeometry:
     @property
     def ring_slots(self) -> int:
         return (self.window or 0) + self.sinks
+
+
+@dataclass(frozen=True)
+class CacheWrites:
+    """Where this step's keys go: flat paged slots per token; for rings, which tokens survive and their slots."""
+
+    paged_slots: list[int] | None  # None: no sequence in the step has a block table
+    ring_tokens: list[int] | None  # rows of the step whose keys are still in the ring after it
+    ring_slots: list[int] | None
+
+
+def cache_writes(layout: StepLayout, g: CacheGeometry) -> CacheWrites:
+    from swaa_engine.kv_cache.pools import ring_slot
+
+    bs, W, S, R = g.block_size, g.window, g.sinks, g.ring_slots
+    has_ring = any(e.ring is not None for e in layout.entries)
+    has_paged = any(e.block_table for e in layout.entries)
+    paged, ring_tok, ring_slots = [], [], []
+    t = 0
+    for e in layout.entries:
+        if has_paged:
+            paged.extend(e.block_table[p // bs] * bs + p % bs for p in range(e.start, e.end))
+        if has_ring:
+            # Only the last W window positions (and any sink positions) survive this chunk.
+            keep_from = max(e.start, e.end - W)
+            for p in range(e.start, e.end):
+                if p < S or p >= keep_from:
+                    ring_tok.append(t + p - e.start)
+                    ring_slots.append(e.ring * R + ring_slot(p, S, W))
+        t += e.num_tokens
+    return CacheWrites(paged if has_paged else None, ring_tok if has_ring else None, ring_slots if has_ring else None)
 
 
 class AttentionBackend(ABC):

