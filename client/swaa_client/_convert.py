@@ -80,4 +80,4 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         layers=tuple(LayerInfo(l.layer, _ATTENTION.get(l.attention, "unspecified"), _CACHE.get(l.cache, "unspecified"))
                      for l in msg.layers),
         block_size=msg.block_size, paged=PoolUsage(msg.paged.used, msg.paged.total), ring=PoolUsage(msg.ring.used, msg.ring.total),
-        vocab_size=msg.vocab_size)
+        vocab_size=msg.vocab_size, fa_tail=sw.fa_tail)

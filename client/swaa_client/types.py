@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class FinishReason(str, enum.Enum):
@@ -92,4 +92,4 @@ class ModelInfo:
     paged: PoolUsage
     ring: PoolUsage
     vocab_size: int
-    extra: dict = field(default_factory=dict, compare=False)
+    fa_tail: int = 0  # experimental knob: last N prompt tokens read with full attention in fa_decode layers

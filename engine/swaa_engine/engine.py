@@ -23,7 +23,7 @@ from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
 from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
-from swaa_engine.scheduler import Scheduler
+from swaa_engine.scheduler import Chunk, Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
 
@@ -113,7 +113,7 @@ class LLMEngine:
             config.attention_backend, self.device, geometry=geometry, num_heads=self.dims.num_heads,
             num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
         )
-        self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device)
+        self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device, fa_tail=config.swaa.fa_tail)
         self.eos_ids = self._eos_ids()
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
@@ -276,6 +276,40 @@ class LLMEngine:
             total_s=now - req.arrival,
         )
         return chunk
+
+    # -- scoring (evaluation) -------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, token_ids: list[int], num_prompt: int, chunk: int = 512) -> list[float]:
+        """Log-probability of each token at positions >= ``num_prompt`` given all before it, teacher-forced
+        through the serving path (caches, backend, SWAA masks): the prefix is read as a prompt, the rest as
+        if generated (so fa_decode layers attend to everything there). Needs an idle engine (offline use)."""
+        ids = list(token_ids)
+        if not 1 <= num_prompt < len(ids):
+            raise InvalidRequestError("num_prompt", f"must be in [1, {len(ids)}), got {num_prompt}")
+        if len(ids) > self.max_model_len:
+            raise InvalidRequestError("prompt", f"{len(ids)} tokens exceed max_model_len {self.max_model_len}")
+        with self._lock:
+            if self.scheduler.has_work():
+                raise RuntimeError("score needs an idle engine")
+            seq = Sequence(f"score-{uuid.uuid4().hex}", ids[:num_prompt], SamplingParams(max_tokens=len(ids)))
+            seq.token_ids.extend(ids[num_prompt:])
+            out: list[float] = []
+            try:
+                for start in range(0, len(ids) - 1, chunk):
+                    n = min(chunk, len(ids) - 1 - start)  # the last token is only ever a target
+                    if not self.cache.can_allocate(seq, n):
+                        raise ConfigError("cache", f"too small to score {len(ids)} tokens")
+                    self.cache.allocate(seq, n)
+                    hidden = self.runner.hidden([Chunk(seq, start, n)])
+                    lo = max(start, num_prompt - 1)  # rows whose next token is a scored one
+                    if lo < start + n:
+                        logp = self.model.logits(hidden[lo - start:]).float().log_softmax(-1)
+                        target = torch.tensor(ids[lo + 1:start + n + 1], device=logp.device)
+                        out += logp.gather(1, target[:, None])[:, 0].tolist()
+                    seq.num_computed = start + n
+            finally:
+                self.cache.free(seq)
+        return out
 
     # -- introspection --------------------------------------------------------------------
     def cache_usage(self) -> dict[str, dict[str, int]]:

@@ -13,8 +13,9 @@ from swaa_engine.swaa import LayerSpec
 
 class ModelRunner:
     def __init__(self, model: LlamaFamilyModel, specs: tuple[LayerSpec, ...], backend: AttentionBackend,
-                 caches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device):
+                 caches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, fa_tail: int = 0):
         self.model, self.specs, self.backend, self.caches, self.device = model, specs, backend, caches, device
+        self.fa_tail = fa_tail
 
     @staticmethod
     def order(chunks: list[Chunk]) -> list[Chunk]:
@@ -23,24 +24,31 @@ class ModelRunner:
 
     def layout(self, chunks: list[Chunk]) -> StepLayout:
         entries = tuple(
-            StepEntry(c.start, c.num_tokens, c.seq.num_prompt, tuple(c.seq.block_table), c.seq.ring) for c in chunks
+            StepEntry(c.start, c.num_tokens, c.seq.num_prompt, tuple(c.seq.block_table), c.seq.ring,
+                      max(0, c.seq.num_prompt - self.fa_tail) if self.fa_tail else None)
+            for c in chunks
         )
         return StepLayout(entries, sum(e.is_decode for e in entries))
 
-    def execute(self, chunks: list[Chunk], rows: list[SampleRow]) -> SampleResult | None:
-        """Run ``chunks`` (already in :meth:`order`) and sample for those whose ``samples`` is set, in order."""
-        ids, pos, last = [], [], []
-        t = 0
+    def hidden(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Final hidden states ``[tokens, hidden]`` of ``chunks`` (already in :meth:`order`); writes their KV."""
+        ids, pos = [], []
         for c in chunks:
             ids.extend(c.seq.token_ids[c.start : c.end])
             pos.extend(range(c.start, c.end))
-            t += c.num_tokens
-            if c.samples:
-                last.append(t - 1)
         meta = self.backend.prepare(self.layout(chunks))
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         positions = torch.tensor(pos, dtype=torch.long, device=self.device)
-        hidden = self.model(input_ids, positions, AttentionContext(self.backend, meta, self.caches, self.specs))
+        return self.model(input_ids, positions, AttentionContext(self.backend, meta, self.caches, self.specs))
+
+    def execute(self, chunks: list[Chunk], rows: list[SampleRow]) -> SampleResult | None:
+        """Run ``chunks`` (already in :meth:`order`) and sample for those whose ``samples`` is set, in order."""
+        last, t = [], 0
+        for c in chunks:
+            t += c.num_tokens
+            if c.samples:
+                last.append(t - 1)
+        hidden = self.hidden(chunks)
         if not last:
             return None
         logits = self.model.logits(hidden[torch.tensor(last, device=self.device)])

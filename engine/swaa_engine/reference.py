@@ -61,13 +61,15 @@ class SWAAReference:
 
     def __init__(self, hf_model, swaa: SWAAConfig):
         _register()
+        self.swaa = swaa
         self.model = hf_model.eval()
         self.specs = swaa.layer_specs(hf_model.config.num_hidden_layers)
 
     @torch.inference_mode()
     def logits(self, token_ids: list[int], num_prompt: int) -> torch.Tensor:
         """``[len(token_ids), vocab]``; positions >= num_prompt count as generated tokens."""
-        token = _STATE.set((self.specs, num_prompt))
+        # fa_tail: the last T prompt tokens are read with full attention, like generated ones
+        token = _STATE.set((self.specs, max(0, num_prompt - self.swaa.fa_tail)))
         previous = self.model.config._attn_implementation
         self.model.set_attn_implementation(IMPLEMENTATION)  # only for this call: the model may be shared
         try:

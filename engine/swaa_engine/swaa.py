@@ -122,6 +122,9 @@ class SWAAConfig:
     sinks: int = 0
     fa_decode: bool | str | tuple[int, ...] = False
     fa_layers: str | tuple[int, ...] = ()
+    # Beyond the paper (experimental): the last fa_tail prompt tokens (the question) attend to everything in
+    # fa_decode layers. It needs those layers' full cache, so it requires fa_decode; ring layers are unaffected.
+    fa_tail: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.fa_decode, list):
@@ -144,6 +147,11 @@ class SWAAConfig:
                 raise SWAAConfigError("fa_decode", "set without a window (it only applies to sliding layers)")
             if self.fa_layers not in ((), "", "none"):
                 raise SWAAConfigError("fa_layers", "set without a window (every layer is already full)")
+        if isinstance(self.fa_tail, bool) or not isinstance(self.fa_tail, int) or self.fa_tail < 0:
+            raise SWAAConfigError("fa_tail", f"must be an integer >= 0, got {self.fa_tail!r}")
+        if self.fa_tail and self.fa_decode in (False, (), "", "none"):
+            raise SWAAConfigError("fa_tail", "needs fa_decode: only sliding layers that keep a full cache can read "
+                                             "the whole prompt for the question tokens")
         if not isinstance(self.fa_decode, (bool, str, tuple)):
             raise SWAAConfigError("fa_decode", f"must be a bool or a layer list, got {self.fa_decode!r}")
         if not isinstance(self.fa_layers, (str, tuple)):
@@ -181,18 +189,21 @@ class SWAAConfig:
             parts.append(f"fa_decode={self.fa_decode}")
         if self.fa_layers not in ((), ""):
             parts.append(f"fa_layers={self.fa_layers}")
+        if self.fa_tail:
+            parts.append(f"fa_tail={self.fa_tail}")
         return ", ".join(parts)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SWAAConfig":
-        known = {"window", "sinks", "fa_decode", "fa_layers"}
+        known = {"window", "sinks", "fa_decode", "fa_layers", "fa_tail"}
         unknown = set(d) - known
         if unknown:
             raise SWAAConfigError(sorted(unknown)[0], f"unknown SWAA knob; known: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return {"window": self.window, "sinks": self.sinks, "fa_decode": self.fa_decode, "fa_layers": self.fa_layers}
+        return {"window": self.window, "sinks": self.sinks, "fa_decode": self.fa_decode, "fa_layers": self.fa_layers,
+                "fa_tail": self.fa_tail}
 
 
 def sliding_visible(q_pos: int, k_pos: int, window: int, sinks: int) -> bool:

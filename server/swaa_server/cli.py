@@ -13,6 +13,8 @@ def add_swaa_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fa-decode", nargs="?", const="all", default=None, metavar="LAYERS",
                    help="generated tokens attend to everything (all sliding layers, or a layer list/pattern)")
     g.add_argument("--fa-layers", default=None, metavar="LAYERS", help="full-attention layers: 1,3,5 | odd | even | every:N[:offset]")
+    g.add_argument("--fa-tail", type=int, default=0, metavar="T",
+                   help="experimental: the last T prompt tokens attend to everything in fa_decode layers (needs --fa-decode)")
     g.add_argument("--full-attention", action="store_true", help="no sliding window at all")
 
 
@@ -27,7 +29,8 @@ def swaa_from_args(args, model_given: bool):
             return SWAAConfig(sinks=args.sinks or 0, fa_decode=args.fa_decode or False, fa_layers=args.fa_layers or ())  # raises: needs window
         return SWAAConfig() if model_given else EMBEDDED_SWAA
     fa_decode = {None: False, "all": True}.get(args.fa_decode, args.fa_decode)
-    return SWAAConfig(window=args.window, sinks=args.sinks or 0, fa_decode=fa_decode, fa_layers=args.fa_layers or ())
+    return SWAAConfig(window=args.window, sinks=args.sinks or 0, fa_decode=fa_decode, fa_layers=args.fa_layers or (),
+                      fa_tail=args.fa_tail)
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -188,6 +191,33 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Long-context quality grid through the engine (resumable: rerun the same command to continue)."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swaa_engine.evaluation.harness import EvalConfig, run_grid, write_report
+    from swaa_engine.models.loader import resolve_source
+
+    cfg = EvalConfig(out=args.out, window=args.window, sinks=args.sinks, tail=args.tail,
+                     lengths=tuple(int(x) for x in args.lengths.split(",")), samples=args.samples,
+                     tasks=tuple(args.tasks.split(",")), configs=tuple(args.configs.split(",")) if args.configs else (),
+                     seed=args.seed, dtype=args.dtype)
+    src = resolve_source(args.model)
+    print(f"loading {src.name} …", file=sys.stderr)
+    hf = AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.hf_kwargs()).eval()
+    tok = AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
+    t0 = time.perf_counter()
+    run_grid(cfg, hf, tok)
+    title = (f"Model {src.name}; window {cfg.window}, sinks {cfg.sinks}, question tail {cfg.tail}; {cfg.samples} samples "
+             f"per cell; seed {cfg.seed}; {cfg.dtype}; this invocation ran {time.perf_counter() - t0:.0f} s.")
+    print(write_report(cfg, title=title))
+    print(f"wrote {cfg.out}/table.md, table.json, plot.png, results.jsonl", file=sys.stderr)
+    return 0
+
+
 def add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--port", type=int, default=50051)
@@ -231,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--service", default="", help="service name ('' = the whole server)")
     add_client_args(h)
     h.set_defaults(func=cmd_health)
+
+    e = sub.add_parser("eval", help="long-context quality (passkey, multi-key, LM loss) per SWAA config and length")
+    e.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
+    e.add_argument("--out", default="eval-out", help="results folder (rerunning resumes it)")
+    e.add_argument("--window", type=int, default=512)
+    e.add_argument("--sinks", type=int, default=64)
+    e.add_argument("--tail", type=int, default=32, help="question-tail knob: last T prompt tokens read fully (fa_decode layers)")
+    e.add_argument("--lengths", default="1024,2048,4096,7936", help="context lengths in tokens")
+    e.add_argument("--samples", type=int, default=5, help="samples per task, config and length")
+    e.add_argument("--tasks", default="passkey,multikey,lm")
+    e.add_argument("--configs", default="", help="comma-separated grid names (default: all)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("info", help="model, SWAA config, per-layer cache layout and cache usage of a server (JSON)")
     add_client_args(i)

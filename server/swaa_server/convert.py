@@ -97,7 +97,7 @@ def model_info_pb(engine) -> pb.ModelInfo:
     sw = engine.config.swaa
     usage = engine.cache_usage()
     swaa = pb.SWAA(sinks=sw.sinks, fa_decode=str(sw.fa_decode).lower() if isinstance(sw.fa_decode, bool) else str(sw.fa_decode),
-                   fa_layers=str(sw.fa_layers) if sw.fa_layers else "")
+                   fa_layers=str(sw.fa_layers) if sw.fa_layers else "", fa_tail=sw.fa_tail)
     if sw.window is not None:
         swaa.window = sw.window
     return pb.ModelInfo(

@@ -16,7 +16,7 @@ from swaa_engine.engine import LLM
 from swaa_engine.models.llama import AttentionContext
 from swaa_engine.reference import SWAAReference
 from swaa_engine.sampling_params import SamplingParams
-from swaa_engine.swaa import canonical_configs
+from swaa_engine.swaa import SWAAConfig, canonical_configs
 
 CONFIGS = canonical_configs(window=16, sinks=4)
 SMOL_CONFIGS = canonical_configs(window=48, sinks=4)
@@ -119,3 +119,32 @@ def test_preemption_resumes_with_identical_output(name, tiny_qwen3, tiny_prompts
     assert tight.engine.scheduler.num_preemptions > 0
     assert [o.token_ids for o in outs] == [o.token_ids for o in roomy]
     assert tight.engine.cache.is_idle()
+
+
+@pytest.mark.parametrize("fa_decode", [True, "odd"])
+def test_fa_tail_parity(fa_decode, tiny_qwen3, tiny_prompts):
+    """The experimental question-tail knob: the last 12 prompt tokens read the whole prompt in fa_decode
+    layers (chunk size 40 splits the tail across chunks); engine == reference, and it changes the output."""
+    folder, hf = tiny_qwen3
+    swaa = SWAAConfig(window=16, sinks=4, fa_decode=fa_decode, fa_tail=12)
+    llm = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20),
+              scheduler=SchedulerConfig(max_num_batched_tokens=40))
+    outs = llm.generate(tiny_prompts, SamplingParams(max_tokens=30, ignore_eos=True))
+    assert_parity(SWAAReference(hf, swaa), tiny_prompts, outs, 30)
+    plain = LLM(folder, swaa=SWAAConfig(window=16, sinks=4, fa_decode=fa_decode), cache=CacheConfig(block_size=8, budget_bytes=8 << 20))
+    assert plain.generate(tiny_prompts[:1], SamplingParams(max_tokens=30, ignore_eos=True))[0].token_ids != outs[0].token_ids
+
+
+@pytest.mark.parametrize("name", ["fa", "swa+sinks", "swa+sinks+fa_decode", "swa+sinks+half_fa"])
+def test_score_equals_reference_logprobs(name, tiny_qwen3, tiny_prompts):
+    """LLMEngine.score (the eval harness's LM loss) is the reference's log-softmax at every scored position."""
+    folder, hf = tiny_qwen3
+    swaa = CONFIGS[name]
+    llm = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20))
+    ids = tiny_prompts[0]  # 150 tokens: the last 50 scored, as if generated
+    got = torch.tensor(llm.engine.score(ids, num_prompt=100, chunk=32))
+    ref = SWAAReference(hf, swaa).logits(ids, 100).log_softmax(-1)
+    want = ref[99:-1].gather(1, torch.tensor(ids[100:])[:, None])[:, 0]
+    assert got.shape == want.shape == (50,)
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    assert llm.engine.cache.is_idle()

@@ -85,3 +85,12 @@ def test_reference_mask_is_sliding_visible_pair_by_pair():
             full = kind is AttentionKind.FULL or (kind is AttentionKind.SLIDING_FA_DECODE and i >= P)
             for j in range(L):
                 assert bool(m[i, j]) == (j <= i if full else sliding_visible(i, j, W, S)), (kind, i, j)
+
+
+def test_fa_tail_needs_fa_decode():
+    from swaa_engine.swaa import SWAAConfig, SWAAConfigError
+
+    with pytest.raises(SWAAConfigError) as e:
+        SWAAConfig(window=8, fa_tail=4)
+    assert e.value.field == "fa_tail"
+    assert "fa_tail=4" in SWAAConfig(window=8, fa_decode=True, fa_tail=4).describe()

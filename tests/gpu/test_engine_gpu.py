@@ -15,10 +15,11 @@ import torch
 from swaa_engine.config import CacheConfig, SchedulerConfig
 from swaa_engine.engine import LLM, LLMEngine
 from swaa_engine.sampling_params import SamplingParams
-from swaa_engine.swaa import canonical_configs
+from swaa_engine.swaa import SWAAConfig, canonical_configs
 
 pytestmark = pytest.mark.gpu
-CONFIGS = canonical_configs(window=64, sinks=8)
+CONFIGS = {**canonical_configs(window=64, sinks=8),
+           "swa+sinks+fa_decode+tail": SWAAConfig(window=64, sinks=8, fa_decode=True, fa_tail=24)}
 
 
 @pytest.fixture(scope="module")

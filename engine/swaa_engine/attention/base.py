@@ -28,6 +28,11 @@ class StepEntry:
     num_prompt: int  # positions >= num_prompt are generated tokens (full attention under fa_decode)
     block_table: tuple[int, ...]
     ring: int | None
+    full_from: int | None = None  # fa_decode layers attend fully from here on (None: num_prompt; earlier with fa_tail)
+
+    @property
+    def full_start(self) -> int:
+        return self.num_prompt if self.full_from is None else self.full_from
 
     @property
     def end(self) -> int:

@@ -146,7 +146,7 @@ class FlashBackend(AttentionBackend):
         if has_paged:  # fa_decode layers: prompt rows windowed, generated rows (after preemption) full
             win, gen = ([], [], [], [], []), ([], [], [], [], [])
             for e, r0 in zip(prefills, starts):
-                split = min(max(e.num_prompt, e.start), e.end)
+                split = min(max(e.full_start, e.start), e.end)
                 for (lo, hi), acc in (((e.start, split), win), ((split, e.end), gen)):
                     if hi > lo:
                         acc[0].extend(range(r0 + lo - e.start, r0 + hi - e.start))
@@ -183,7 +183,7 @@ class FlashBackend(AttentionBackend):
                 # rows whose window no longer covers every sink: position >= W (then sink j <= pos - W exists)
                 lo = max(e.start, W)
                 if has_paged:
-                    hi = min(e.end, max(e.num_prompt, e.start))  # windowed rows of fa_decode layers
+                    hi = min(e.end, max(e.full_start, e.start))  # windowed rows of fa_decode layers
                     if hi > lo:
                         k_ = min(S, hi)
                         meta.sinks_paged.append(_Sinks(slice(r0 + lo - e.start, r0 + hi - e.start), _i64(list(range(lo, hi)), dev),

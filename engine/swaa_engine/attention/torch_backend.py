@@ -87,7 +87,7 @@ class TorchBackend(AttentionBackend):
                 pre.paged_idx = (tab[k_pos // bs] * bs + k_pos % bs).to(dev)
                 pre.paged_masks[AttentionKind.FULL] = swaa_mask(q_pos, k_pos, None, 0).to(dev)
                 if W is not None:
-                    gen = q_pos >= e.num_prompt
+                    gen = q_pos >= e.full_start
                     pre.paged_masks[AttentionKind.SLIDING_FA_DECODE] = swaa_mask(q_pos, k_pos, W, S, gen).to(dev)
             if has_ring:
                 past = list(range(min(S, e.start))) + list(range(max(S, e.start - W + 1), e.start))

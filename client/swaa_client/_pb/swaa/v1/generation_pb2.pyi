@@ -219,16 +219,18 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SWAA(_message.Message):
-    __slots__ = ("window", "sinks", "fa_decode", "fa_layers")
+    __slots__ = ("window", "sinks", "fa_decode", "fa_layers", "fa_tail")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
     FA_DECODE_FIELD_NUMBER: _ClassVar[int]
     FA_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FA_TAIL_FIELD_NUMBER: _ClassVar[int]
     window: int
     sinks: int
     fa_decode: str
     fa_layers: str
-    def __init__(self, window: _Optional[int] = ..., sinks: _Optional[int] = ..., fa_decode: _Optional[str] = ..., fa_layers: _Optional[str] = ...) -> None: ...
+    fa_tail: int
+    def __init__(self, window: _Optional[int] = ..., sinks: _Optional[int] = ..., fa_decode: _Optional[str] = ..., fa_layers: _Optional[str] = ..., fa_tail: _Optional[int] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
     __slots__ = ("layer", "attention", "cache")

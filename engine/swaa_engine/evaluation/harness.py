@@ -1,0 +1,236 @@
+"""Runs tasks × SWAA configs × context lengths through the engine; resumable; writes Markdown, JSON and a plot.
+
+    results = run_grid(EvalConfig(...), hf_model, tokenizer)   # appends to OUT/results.jsonl as it goes
+    write_report(EvalConfig(...))                              # OUT/table.md, OUT/table.json, OUT/plot.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from swaa_engine.evaluation import tasks as T
+from swaa_engine.swaa import SWAAConfig
+
+
+def config_grid(window: int, sinks: int, tail: int) -> dict[str, SWAAConfig]:
+    """The configurations the paper compares, plus the question-tail knob (beyond the paper)."""
+    return {
+        "FA": SWAAConfig(),
+        "SWA": SWAAConfig(window=window),
+        "SWA+sinks": SWAAConfig(window=window, sinks=sinks),
+        "SWA+sinks+FA-decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
+        "SWA+sinks+1/2 FA": SWAAConfig(window=window, sinks=sinks, fa_layers="odd"),
+        "SWA+sinks+FA-decode+1/2": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="odd"),
+        "SWA+sinks+FA-decode+1/4": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="every:4"),
+        f"SWA+sinks+FA-decode+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail),
+    }
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    out: str
+    window: int = 512
+    sinks: int = 64
+    tail: int = 32
+    lengths: tuple[int, ...] = (1024, 2048, 4096, 7936)
+    samples: int = 6
+    tasks: tuple[str, ...] = ("passkey", "multikey", "lm")
+    configs: tuple[str, ...] = ()  # empty = every config of the grid
+    seed: int = 0
+    dtype: str = "bfloat16"
+    max_num_batched_tokens: int = 2048
+
+    def __post_init__(self):
+        if self.window < 1 or self.sinks < 0 or self.tail < 1 or self.samples < 1:
+            raise ValueError("window, tail and samples must be >= 1 and sinks >= 0")
+        unknown = set(self.tasks) - set(T.TASKS)
+        if unknown:
+            raise ValueError(f"tasks: unknown {sorted(unknown)}; known {sorted(T.TASKS)}")
+        if any(L <= T.LM_TOKENS + 64 for L in self.lengths):
+            raise ValueError(f"lengths: each must exceed {T.LM_TOKENS + 64} tokens")
+        unknown = set(self.configs) - set(self.grid())
+        if unknown:
+            raise ValueError(f"configs: unknown {sorted(unknown)}; known {list(self.grid())}")
+
+    def grid(self) -> dict[str, SWAAConfig]:
+        g = config_grid(self.window, self.sinks, self.tail)
+        return {k: v for k, v in g.items() if not self.configs or k in self.configs}
+
+
+def _done(path: str) -> dict[tuple, dict]:
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    out[(r["task"], r["config"], r["length"], r["index"])] = r
+    return out
+
+
+def run_grid(cfg: EvalConfig, hf_model, tokenizer, progress: bool = True) -> list[dict]:
+    """Every (task, config, length, sample) not yet in OUT/results.jsonl, through the engine (offline LLM)."""
+    from tqdm import tqdm
+
+    from swaa_engine.config import SchedulerConfig
+    from swaa_engine.engine import LLM
+    from swaa_engine.evaluation.texts import plays
+    from swaa_engine.sampling_params import SamplingParams
+
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, "results.jsonl")
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=1)
+    done = _done(path)
+    hay = T.Haystack(tokenizer, plays("eval"))
+    todo = [(t, c, L, i) for c in cfg.grid() for t in cfg.tasks for L in cfg.lengths for i in range(cfg.samples)
+            if (t, c, L, i) not in done]
+    bar = tqdm(total=len(todo), desc="eval", disable=not progress, unit="sample")
+    max_len = max(cfg.lengths) + T.ANSWER_TOKENS + 8
+    for name, swaa in cfg.grid().items():
+        mine = [k for k in todo if k[1] == name]
+        if not mine:
+            continue
+        llm = LLM(None, swaa=swaa, hf_model=hf_model, tokenizer=tokenizer, dtype=cfg.dtype, max_model_len=max_len,
+                  scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens))
+        for task in cfg.tasks:
+            for L in cfg.lengths:
+                keys = [k for k in mine if k[0] == task and k[2] == L]
+                if not keys:
+                    continue
+                samples = [T.TASKS[task](hay, cfg.seed, L, i) for _, _, _, i in keys]
+                t0 = time.perf_counter()
+                rows = []
+                if task == "lm":
+                    for s in samples:
+                        lp = llm.engine.score(list(s.prompt_ids), s.num_prompt)
+                        rows.append(dict(loss=-sum(lp) / len(lp)))
+                else:
+                    outs = llm.generate([list(s.prompt_ids) for s in samples],
+                                        SamplingParams(max_tokens=T.ANSWER_TOKENS, temperature=0.0), progress=False)
+                    rows = [dict(output=o.text, correct=T.first_number(o.text) == s.answer) for o, s in zip(outs, samples)]
+                dt = (time.perf_counter() - t0) / len(samples)
+                with open(path, "a") as f:
+                    for s, r in zip(samples, rows):
+                        rec = dict(task=task, config=name, length=L, index=s.index, swaa=swaa.describe(), answer=s.answer,
+                                   depth=s.depth, prompt_tokens=len(s.prompt_ids), seconds=round(dt, 3), **r)
+                        f.write(json.dumps(rec) + "\n")
+                        done[(task, name, L, s.index)] = rec
+                bar.update(len(samples))
+        del llm
+    bar.close()
+    return list(done.values())
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+@dataclass
+class Cell:
+    task: str
+    config: str
+    length: int
+    n: int
+    value: float  # accuracy or mean loss
+    low: float
+    high: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def summarize(records: list[dict]) -> list[Cell]:
+    cells = {}
+    for r in records:
+        cells.setdefault((r["task"], r["config"], r["length"]), []).append(r)
+    out = []
+    for (task, config, L), rs in cells.items():
+        sec = sum(r["seconds"] for r in rs) / len(rs)
+        if task == "lm":
+            xs = [r["loss"] for r in rs]
+            m = sum(xs) / len(xs)
+            sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+            h = 1.96 * sd / math.sqrt(len(xs))
+            out.append(Cell(task, config, L, len(xs), m, m - h, m + h, sec))
+        else:
+            k = sum(r["correct"] for r in rs)
+            lo, hi = wilson(k, len(rs))
+            out.append(Cell(task, config, L, len(rs), k / len(rs), lo, hi, sec, {"correct": k}))
+    return out
+
+
+def write_report(cfg: EvalConfig, records: list[dict] | None = None, title: str = "") -> str:
+    """OUT/table.md (returned), OUT/table.json and OUT/plot.png from the records (default: OUT/results.jsonl)."""
+    records = records if records is not None else list(_done(os.path.join(cfg.out, "results.jsonl")).values())
+    cells = summarize(records)
+    configs = [c for c in cfg.grid() if any(x.config == c for x in cells)]
+    lengths = sorted({x.length for x in cells})
+    get = {(x.task, x.config, x.length): x for x in cells}
+    md = [title] if title else []
+    for task in [t for t in cfg.tasks if any(x.task == t for x in cells)]:
+        if task == "lm":
+            md.append(f"\n**lm** — mean NLL (nats/token) of the last {T.LM_TOKENS} tokens of an excerpt (95 % CI; Δ vs FA):\n")
+        else:
+            md.append(f"\n**{task}** — correct / samples (accuracy, Wilson 95 % CI):\n")
+        md.append("| config | " + " | ".join(f"{L:,} tokens" for L in lengths) + " |")
+        md.append("|---|" + "---|" * len(lengths))
+        for c in configs:
+            row = []
+            for L in lengths:
+                x = get.get((task, c, L))
+                if x is None:
+                    row.append("–")
+                elif task == "lm":
+                    fa = get.get((task, "FA", L))
+                    delta = f" (Δ {x.value - fa.value:+.3f})" if fa and c != "FA" else ""
+                    row.append(f"{x.value:.3f} ± {x.high - x.value:.3f}{delta}")
+                else:
+                    row.append(f"{x.extra['correct']}/{x.n} ({x.value:.0%}, {x.low:.0%}–{x.high:.0%})")
+            md.append(f"| {c} | " + " | ".join(row) + " |")
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(cfg.out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(cfg.out, "table.json"), "w") as f:
+        json.dump([asdict(x) for x in cells], f, indent=1)
+    _plot(cfg, cells, configs, lengths)
+    return text
+
+
+def _plot(cfg: EvalConfig, cells: list[Cell], configs: list[str], lengths: list[int]) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # plots are a convenience: the tables carry the numbers
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in cfg.tasks if any(x.task == t for x in cells)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    get = {(x.task, x.config, x.length): x for x in cells}
+    for ax, task in zip(axes[0], tasks):
+        for c in configs:
+            pts = [(L, get[(task, c, L)]) for L in lengths if (task, c, L) in get]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1].value for p in pts]
+            err = [[p[1].value - p[1].low for p in pts], [p[1].high - p[1].value for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=c)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context tokens")
+        ax.set_ylabel("mean NLL" if task == "lm" else "accuracy")
+        ax.set_title(task)
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(cfg.out, "plot.png"), dpi=110)
+    plt.close(fig)
