@@ -13,21 +13,21 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from swaa_engine.evaluation import tasks as T
-from swaa_engine.swaa import SWAAConfig
+from swaa_engine.swaa import SWAAConfig, canonical_configs
+
+
+_NAMES = {"fa": "FA", "swa": "SWA", "swa+sinks": "SWA+sinks", "swa+sinks+fa_decode": "SWA+sinks+FA-decode",
+          "swa+sinks+half_fa": "SWA+sinks+1/2 FA", "swa+sinks+fa_decode+quarter_fa": "SWA+sinks+FA-decode+1/4"}
 
 
 def config_grid(window: int, sinks: int, tail: int) -> dict[str, SWAAConfig]:
-    """The configurations the paper compares, plus the question-tail knob (beyond the paper)."""
-    return {
-        "FA": SWAAConfig(),
-        "SWA": SWAAConfig(window=window),
-        "SWA+sinks": SWAAConfig(window=window, sinks=sinks),
-        "SWA+sinks+FA-decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
-        "SWA+sinks+1/2 FA": SWAAConfig(window=window, sinks=sinks, fa_layers="odd"),
-        "SWA+sinks+FA-decode+1/2": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="odd"),
-        "SWA+sinks+FA-decode+1/4": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="every:4"),
-        f"SWA+sinks+FA-decode+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail),
-    }
+    """The paper's configurations (the canonical six plus FA-decode + ½), and the question-tail knob beyond it."""
+    canon = {_NAMES[k]: v for k, v in canonical_configs(window, sinks).items()}
+    grid = {k: canon[k] for k in ("FA", "SWA", "SWA+sinks", "SWA+sinks+FA-decode", "SWA+sinks+1/2 FA")}
+    grid["SWA+sinks+FA-decode+1/2"] = SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="odd")
+    grid["SWA+sinks+FA-decode+1/4"] = canon["SWA+sinks+FA-decode+1/4"]
+    grid[f"SWA+sinks+FA-decode+tail{tail}"] = SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail)
+    return grid
 
 
 @dataclass(frozen=True)
