@@ -122,6 +122,14 @@ class AttentionBackend(ABC):
     def supports(cls, device: torch.device) -> bool:
         return True
 
+    def heads(self, q, k, v, cache):
+        """Per-head views of a step's q/k/v and flat ``[slots, kv_heads, dim]`` views of the layer's K/V cache."""
+        T = q.shape[0]
+        kc, vc = cache
+        return (q.view(T, self.num_heads, self.head_dim), k.view(T, self.num_kv_heads, self.head_dim),
+                v.view(T, self.num_kv_heads, self.head_dim), kc.view(-1, self.num_kv_heads, self.head_dim),
+                vc.view(-1, self.num_kv_heads, self.head_dim))
+
     @abstractmethod
     def prepare(self, layout: StepLayout) -> Any: ...
 

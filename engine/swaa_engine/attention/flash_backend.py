@@ -242,12 +242,8 @@ class FlashBackend(AttentionBackend):
     def forward(self, spec, q, k, v, cache, meta: FlashMeta):
         kc, vc = cache
         T = q.shape[0]
-        q = q.view(T, self.num_heads, self.head_dim)
-        k = k.view(T, self.num_kv_heads, self.head_dim)
-        v = v.view(T, self.num_kv_heads, self.head_dim)
+        q, k, v, kflat, vflat = self.heads(q, k, v, cache)
         out = torch.empty_like(q)
-        kflat = kc.view(-1, self.num_kv_heads, self.head_dim)
-        vflat = vc.view(-1, self.num_kv_heads, self.head_dim)
         kind = spec.kind
         D = meta.num_decodes
 

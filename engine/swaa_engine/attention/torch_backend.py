@@ -101,14 +101,10 @@ class TorchBackend(AttentionBackend):
     def forward(self, spec, q, k, v, cache, meta: TorchMeta):
         kc, vc = cache
         T = q.shape[0]
-        q = q.view(T, self.num_heads, self.head_dim)
-        k = k.view(T, self.num_kv_heads, self.head_dim)
-        v = v.view(T, self.num_kv_heads, self.head_dim)
+        q, k, v, kflat, vflat = self.heads(q, k, v, cache)
         out = torch.empty_like(q)
         D = meta.num_decodes
         ring = spec.kind is AttentionKind.SLIDING_RING
-        kflat = kc.view(-1, self.num_kv_heads, self.head_dim)
-        vflat = vc.view(-1, self.num_kv_heads, self.head_dim)
 
         if ring:
             # Prefill chunks read the ring's old contents before this step overwrites them.
