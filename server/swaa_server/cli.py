@@ -218,6 +218,27 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_load(args) -> int:
+    import asyncio
+    import json
+
+    from swaa_server.loadgen import LoadConfig, run_load
+
+    def span(s):
+        lo, _, hi = s.partition(":")
+        return int(lo), int(hi or lo)
+
+    cfg = LoadConfig(target=args.target, concurrency=args.concurrency, requests=args.requests, duration_s=args.duration,
+                     prompt_tokens=span(args.prompt_tokens), max_tokens=span(args.max_tokens),
+                     cancel_fraction=args.cancel_fraction, seed=args.seed, token=args.token)
+    report = asyncio.run(run_load(cfg))
+    print("\n".join(report.lines()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.__dict__, f, indent=1)
+    return 0 if set(report.statuses) <= {"OK", "RESOURCE_EXHAUSTED"} else 1
+
+
 def add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--port", type=int, default=50051)
@@ -275,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     e.set_defaults(func=cmd_eval)
+
+    ld = sub.add_parser("load", help="bounded load generator against a local server (loopback only)")
+    ld.add_argument("--target", default="127.0.0.1:50051")
+    ld.add_argument("--token", default=None)
+    ld.add_argument("--concurrency", type=int, default=8, help="concurrent streams")
+    ld.add_argument("--requests", type=int, default=100, help="stop after this many requests")
+    ld.add_argument("--duration", type=float, default=60.0, help="or after this many seconds")
+    ld.add_argument("--prompt-tokens", default="16:512", help="min:max random prompt length")
+    ld.add_argument("--max-tokens", default="8:128", help="min:max output length")
+    ld.add_argument("--cancel-fraction", type=float, default=0.1, help="share of streams the client cancels midway")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--json", default=None, help="also write the report here")
+    ld.set_defaults(func=cmd_load)
 
     i = sub.add_parser("info", help="model, SWAA config, per-layer cache layout and cache usage of a server (JSON)")
     add_client_args(i)

@@ -214,3 +214,17 @@ def test_unavailable_while_loading():
         return e.value
 
     assert asyncio.run(call()).args[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_load_generator_reports_and_leaves_the_cache_empty(server):
+    from swaa_server.loadgen import LoadConfig, run_load
+
+    cfg = LoadConfig(target=server.target, concurrency=8, requests=40, prompt_tokens=(4, 200), max_tokens=(4, 30),
+                     cancel_fraction=0.3, seed=1)
+    report = asyncio.run(run_load(cfg, progress=False))
+    assert report.statuses == {"OK": 40}
+    assert report.completed + report.cancelled == 40 and report.cancelled > 0
+    assert report.ttft_s["p50"] > 0 and report.itl_s["p99"] >= report.itl_s["p50"] > 0
+    assert report.cache_after["paged"]["used"] == 0 and report.cache_after["ring"]["used"] == 0
+    with pytest.raises(ValueError, match="loopback"):
+        LoadConfig(target="8.8.8.8:50051")
