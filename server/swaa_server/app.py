@@ -102,7 +102,11 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
 
     loop = asyncio.get_running_loop()
     if engine is None:
-        engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+        try:
+            engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+        except BaseException:
+            await server.stop(0)  # a config error must end the process cleanly, not leave a half-open server
+            raise
     metrics = Metrics(engine)
     metrics_port = metrics.serve_http(sc.metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
     front = AsyncEngine(engine, listeners=(metrics, RequestLog(sc.log_prompts)))

@@ -260,14 +260,39 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     o.add_argument("--log-prompts", action="store_true", help="include prompt text in request logs (off: it may be personal data)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def env_defaults(parser: argparse.ArgumentParser, environ, prefix: str = "SWAA_") -> None:
+    """Every option of ``parser`` may come from ``SWAA_<OPTION>`` (e.g. SWAA_PORT, SWAA_FA_DECODE): containers and
+    ConfigMaps set environment, flags still win. Booleans accept 1/true/yes and 0/false/no."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help",):
+            continue
+        raw = environ.get(prefix + action.dest.upper())
+        if raw is None:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise SystemExit(f"swaa: {prefix + action.dest.upper()}={raw!r} is not a boolean")
+            value = raw.lower() in ("1", "true", "yes")
+            value = value if isinstance(action, argparse._StoreTrueAction) else not value
+        else:
+            try:
+                value = action.type(raw) if action.type else raw
+            except ValueError:
+                raise SystemExit(f"swaa: {prefix + action.dest.upper()}={raw!r} is not a valid {action.dest}") from None
+        parser.set_defaults(**{action.dest: value})
+
+
+def build_parser(environ=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swaa", description="SWAA inference service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051)")
+    s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051); "
+                                     "every flag may also come from SWAA_<FLAG> in the environment")
     add_serve_args(s)
     add_engine_args(s)
     s.set_defaults(func=cmd_serve)
+    if environ is not None:
+        env_defaults(s, environ)
 
     g = sub.add_parser("generate", help="stream a generation from a server (--offline: run the engine in this process)")
     g.add_argument("prompt")
@@ -317,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import os
+
+    args = build_parser(os.environ).parse_args(argv)
     try:
         return args.func(args)
     except ValueError as e:  # config and request errors carry the field in their message

@@ -8,7 +8,7 @@ import venv
 
 import pytest
 
-from swaa_engine.config import EngineConfig
+from swaa_engine.config import CacheConfig, EngineConfig
 from swaa_engine.defaults import EMBEDDED_SWAA
 from swaa_engine.engine import LLMEngine
 from swaa_server.app import ServerConfig
@@ -45,7 +45,8 @@ def test_client_installs_alone_without_torch(client_venv):
 
 def test_readme_example_runs_against_the_embedded_model(client_venv, smollm2):
     hf, tok = smollm2
-    engine = LLMEngine(EngineConfig(swaa=EMBEDDED_SWAA), hf_model=hf, tokenizer=tok)  # what `make serve` runs
+    # what `make serve` runs, with a smaller cache than its default so CI's memory is not spent on zeros
+    engine = LLMEngine(EngineConfig(swaa=EMBEDDED_SWAA, cache=CacheConfig(budget_bytes=512 << 20)), hf_model=hf, tokenizer=tok)
     with running_server(engine, ServerConfig(port=0)) as s:
         r = subprocess.run([client_venv, "-c", readme_sdk_example()], capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, SWAA_TARGET=s.target))

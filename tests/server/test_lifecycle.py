@@ -113,3 +113,15 @@ def test_sigterm_lets_streams_finish_then_exits_zero(proc):
     accepted = {e["request_id"] for e in events if e["event"] == "request.accepted"}
     assert {f"drain-{i}" for i in range(4)} <= finished & accepted
     assert all("request_id" in e for e in events if e["event"].startswith("request."))
+
+
+def test_every_serve_flag_can_come_from_the_environment():
+    from swaa_server.cli import build_parser
+
+    env = {"SWAA_PORT": "6000", "SWAA_FA_DECODE": "all", "SWAA_WINDOW": "256", "SWAA_LOG_PROMPTS": "true",
+           "SWAA_CACHE_BYTES": "1048576"}
+    a = build_parser(env).parse_args(["serve"])
+    assert (a.port, a.fa_decode, a.window, a.log_prompts, a.cache_bytes) == (6000, "all", 256, True, 1 << 20)
+    assert build_parser(env).parse_args(["serve", "--port", "7"]).port == 7  # flags win
+    with pytest.raises(SystemExit):
+        build_parser({"SWAA_PORT": "many"})
