@@ -87,7 +87,6 @@ async def run_load(cfg: LoadConfig, progress: bool = True) -> LoadReport:
 
     from swaa_client import AsyncClient, SwaaError
 
-    rng = random.Random(cfg.seed)
     statuses: dict[str, int] = {}
     ttft, itl = [], []
     counts = {"completed": 0, "cancelled": 0, "tokens": 0}
