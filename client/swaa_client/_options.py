@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from swaa_client import _wire
+from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
@@ -44,6 +47,32 @@ class Connection:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+class ClientBase:
+    """Connection state shared by Client and AsyncClient; ``_grpc`` is ``grpc`` or ``grpc.aio`` (same channel API)."""
+
+    _grpc = grpc
+
+    def __init__(self, target: str | None = None, *, token: str | None = None, tls: bool = False,
+                 root_certificates: bytes | str | None = None, client_certificate: bytes | str | None = None,
+                 client_key: bytes | str | None = None, server_name: str | None = None, timeout: float | None = None,
+                 retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 16 << 20):
+        self._conn = connection(target, token=token, tls=tls, root_certificates=root_certificates,
+                                client_certificate=client_certificate, client_key=client_key,
+                                server_name=server_name, max_message_bytes=max_message_bytes)
+        c = self._conn
+        self._channel = (self._grpc.secure_channel(c.target, c.credentials, c.options) if c.credentials
+                         else self._grpc.insecure_channel(c.target, c.options))
+        self._stub = pb_grpc.GenerationStub(self._channel)
+        self._health = self._channel.unary_unary(_wire.HEALTH_CHECK, request_serializer=_wire.HealthCheckRequest.SerializeToString,
+                                                 response_deserializer=_wire.HealthCheckResponse.FromString)
+        self.timeout = timeout
+        self.retry = retry
+
+    @property
+    def target(self) -> str:
+        return self._conn.target
 
 
 def _read(x: bytes | str | None) -> bytes | None:

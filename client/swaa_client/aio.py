@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from swaa_client import _convert, _wire
-from swaa_client._options import NO_RETRY, Connection, RetryPolicy, connection
+from swaa_client._options import NO_RETRY, ClientBase, RetryPolicy
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_client.errors import SwaaError, UnavailableError, from_rpc_error
 from swaa_client.types import Chunk, Completion, ModelInfo
 
@@ -29,27 +28,10 @@ async def _error(e: grpc.aio.AioRpcError) -> SwaaError:
     return from_rpc_error(e.code(), e.details(), e.trailing_metadata())
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """See ``Client`` for the arguments. Create it inside the event loop that uses it."""
 
-    def __init__(self, target: str | None = None, *, token: str | None = None, tls: bool = False,
-                 root_certificates: bytes | str | None = None, client_certificate: bytes | str | None = None,
-                 client_key: bytes | str | None = None, server_name: str | None = None, timeout: float | None = None,
-                 retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 16 << 20):
-        self._conn: Connection = connection(target, token=token, tls=tls, root_certificates=root_certificates,
-                                            client_certificate=client_certificate, client_key=client_key,
-                                            server_name=server_name, max_message_bytes=max_message_bytes)
-        self._channel = (grpc.aio.secure_channel(self._conn.target, self._conn.credentials, self._conn.options)
-                         if self._conn.credentials else grpc.aio.insecure_channel(self._conn.target, self._conn.options))
-        self._stub = pb_grpc.GenerationStub(self._channel)
-        self._health = self._channel.unary_unary(_wire.HEALTH_CHECK, request_serializer=_wire.HealthCheckRequest.SerializeToString,
-                                                 response_deserializer=_wire.HealthCheckResponse.FromString)
-        self.timeout = timeout
-        self.retry = retry
-
-    @property
-    def target(self) -> str:
-        return self._conn.target
+    _grpc = grpc.aio
 
     async def _unary(self, method, request, timeout: float | None, retry: RetryPolicy):
         deadline = None if timeout is None else time.monotonic() + timeout
