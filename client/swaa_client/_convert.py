@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.types import Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Timings, TokenLogprob, Usage
+from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, ReplicaStatus, Timings,
+                               TokenLogprob, Usage)
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
 
@@ -80,4 +81,7 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         layers=tuple(LayerInfo(l.layer, _ATTENTION.get(l.attention, "unspecified"), _CACHE.get(l.cache, "unspecified"))
                      for l in msg.layers),
         block_size=msg.block_size, paged=PoolUsage(msg.paged.used, msg.paged.total), ring=PoolUsage(msg.ring.used, msg.ring.total),
-        vocab_size=msg.vocab_size, fa_tail=sw.fa_tail)
+        vocab_size=msg.vocab_size, fa_tail=sw.fa_tail,
+        replicas=tuple(ReplicaStatus(r.index, r.ready, PoolUsage(r.paged.used, r.paged.total), PoolUsage(r.ring.used, r.ring.total),
+                                     r.running, r.waiting, r.restarts) for r in msg.replicas),
+        replicas_ready=msg.replicas_ready)

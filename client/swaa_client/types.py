@@ -79,6 +79,19 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """One engine replica of a service started with ``--replicas N``."""
+
+    index: int
+    ready: bool
+    paged: PoolUsage
+    ring: PoolUsage
+    running: int
+    waiting: int
+    restarts: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     model: str
     architecture: str
@@ -93,3 +106,5 @@ class ModelInfo:
     ring: PoolUsage
     vocab_size: int
     fa_tail: int = 0  # experimental knob: last N prompt tokens read with full attention in fa_decode layers
+    replicas: tuple[ReplicaStatus, ...] = ()  # empty for a single in-process engine
+    replicas_ready: int = 1

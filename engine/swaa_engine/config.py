@@ -64,9 +64,12 @@ class EngineConfig:
     random_weights: bool = False  # build from the config alone (benchmarks; speed does not depend on weights)
     seed: int = 0
     num_threads: int | None = None  # CPU intra-op threads; None keeps torch's default
+    lora: str | None = None  # a peft adapter folder (``swaa finetune``), merged into the weights at load
 
     def __post_init__(self) -> None:
         _require(isinstance(self.swaa, SWAAConfig), "swaa", "must be a SWAAConfig")
         _require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", f"unknown dtype {self.dtype!r}")
         _require(self.max_model_len is None or self.max_model_len >= 2, "max_model_len", f"must be >= 2, got {self.max_model_len}")
+        _require(self.lora is None or (self.lora and not self.random_weights), "lora",
+                 "an adapter needs real weights (not random_weights) and a folder path")
         _require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")

@@ -18,7 +18,7 @@ from swaa_engine.detokenizer import IncrementalDetokenizer
 from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
 from swaa_engine.kv_cache.storage import allocate_kv
 from swaa_engine.model_runner import ModelRunner
-from swaa_engine.models.loader import ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
+from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
 from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
 from swaa_engine.sampler import SampleRow
@@ -79,14 +79,24 @@ class LLMEngine:
         self.source: ModelSource | None = None
         if hf_model is not None:
             hf_config = hf_model.config
-            self.source = resolve_source(config.model)
+            try:  # only for the model's name: the weights are already here
+                self.source = resolve_source(config.model)
+            except ModelNotFoundError:
+                self.source = None
         elif hf_config is None:
             self.source = resolve_source(config.model)
             hf_config = load_hf_config(self.source)
         self.hf_config = hf_config
         self.dims = dims_from_config(hf_config)
         self.tokenizer = tokenizer if tokenizer is not None else (load_tokenizer(self.source) if self.source else None)
-        self.model_name = self.source.name if self.source else f"random-{self.dims.architecture}"
+        if self.source:
+            self.model_name = self.source.name
+        elif hf_model is not None:
+            self.model_name = os.path.basename(str(getattr(hf_config, "name_or_path", "") or "model"))
+        else:
+            self.model_name = f"random-{self.dims.architecture}"
+        if config.lora:
+            self.model_name += f"+lora:{os.path.basename(os.path.normpath(config.lora))}"
 
         self.max_model_len = config.max_model_len or self.dims.max_position_embeddings
         if self.max_model_len > self.dims.max_position_embeddings:
@@ -106,7 +116,7 @@ class LLMEngine:
         self.scheduler = Scheduler(sched, self.cache)
 
         self.model = load_model(self.source, hf_config, self.dtype, self.device, random_weights=config.random_weights,
-                                seed=config.seed, hf_model=hf_model)
+                                seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa)
         caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
         geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks)
         self.backend = create_backend(

@@ -13,6 +13,9 @@ class InvalidRequestError(ValueError):
         self.field = field_name
         self.description = message
 
+    def __reduce__(self):  # crosses process boundaries (Ray replicas) with its field intact
+        return type(self), (self.field, self.description)
+
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256

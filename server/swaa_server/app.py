@@ -16,6 +16,7 @@ from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.engine import LLMEngine
+from swaa_server.frontend import LocalFrontend
 from swaa_server.interceptors import BearerAuth, DecodeErrors
 from swaa_server.servicer import GenerationServicer
 from swaa_server.telemetry import Metrics, RequestLog
@@ -79,7 +80,8 @@ class ServerConfig:
 
 
 async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, engine: LLMEngine | None = None) -> None:
+                stop: asyncio.Event | None = None, engine: LLMEngine | None = None, replicas=None) -> None:
+    """``replicas`` (a ``replicas.ReplicaConfig``): run the engines as Ray actors behind this front end."""
     sc = server_config
     # outermost first: an unauthenticated caller learns nothing, not even that its message was malformed
     interceptors = ([BearerAuth(sc.auth_tokens)] if sc.auth_tokens else []) + [DecodeErrors()]
@@ -101,20 +103,44 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
         log.warning("server.no_auth", detail="listening beyond loopback without bearer tokens")
 
     loop = asyncio.get_running_loop()
-    if engine is None:
-        try:
-            engine = await loop.run_in_executor(None, LLMEngine, engine_config)
-        except BaseException:
-            await server.stop(0)  # a config error must end the process cleanly, not leave a half-open server
-            raise
-    metrics = Metrics(engine)
+    draining = False
+
+    def set_health(serving: bool) -> None:
+        if draining:  # after SIGTERM the service stays NOT_SERVING
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            loop.create_task(health_servicer.set(name, status))
+
+    request_log = RequestLog(sc.log_prompts)
+    try:
+        if replicas is not None:
+            from swaa_server.replicas import ReplicaRouter
+
+            metrics = Metrics(extra_label_names=("replica",))
+
+            def on_ready_change(n: int) -> None:
+                log.info("replicas.ready", ready=n, replicas=replicas.replicas)
+                set_health(n > 0)  # NOT_SERVING only when no replica can answer
+
+            front = await ReplicaRouter.start(engine_config, replicas, listeners=(metrics, request_log),
+                                              on_ready_change=on_ready_change)
+            metrics.watch(front.loads, ready=lambda: sum(front.ready))
+        else:
+            if engine is None:
+                engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+            metrics = Metrics()
+            front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log)))
+            metrics.watch(front.loads)
+    except BaseException:
+        await server.stop(0)  # a config error must end the process cleanly, not leave a half-open server
+        raise
     metrics_port = metrics.serve_http(sc.metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
-    front = AsyncEngine(engine, listeners=(metrics, RequestLog(sc.log_prompts)))
     servicer.engine = front
-    for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("server.serving", model=engine.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
-             cache=engine.cache_usage())
+    set_health(True)
+    snap, views = await front.info()
+    log.info("server.serving", model=snap.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
+             cache=snap.usage, replicas=len(views) or None)
     if ready is not None:
         ready.port = port
         ready.metrics_port = metrics_port
@@ -129,7 +155,10 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
             pass
     try:
         await stop.wait()
-        log.info("server.draining", grace_s=sc.grace_s, running=engine.num_requests())
+        draining = True
+        loads = [l for _, l in front.loads()]
+        log.info("server.draining", grace_s=sc.grace_s,
+                 running={"running": sum(l.running for l in loads), "waiting": sum(l.waiting for l in loads)})
         await health_servicer.enter_graceful_shutdown()
         await server.stop(sc.grace_s)
     finally:

@@ -44,6 +44,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (wins over --cache-fraction)")
     p.add_argument("--cache-fraction", type=float, default=0.5, help="KV cache budget as a fraction of free device memory")
+    p.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
     add_swaa_args(p)
 
 
@@ -59,6 +60,7 @@ def engine_config_from_args(args):
         max_model_len=args.max_model_len,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
         cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction),
+        lora=args.lora,
     )
 
 
@@ -187,8 +189,18 @@ def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
     server_config = server_config_from_args(args)
     config = engine_config_from_args(args)
-    asyncio.run(serve(config, server_config))
+    asyncio.run(serve(config, server_config, replicas=replica_config_from_args(args)))
     return 0
+
+
+def replica_config_from_args(args):
+    if not args.replicas:
+        return None
+    from swaa_server.replicas import ReplicaConfig
+
+    return ReplicaConfig(replicas=args.replicas, ray_address=args.ray_address, gpus_per_replica=args.gpus_per_replica,
+                         cpus_per_replica=args.cpus_per_replica, ray_num_cpus=args.ray_num_cpus,
+                         object_store_bytes=args.ray_object_store_bytes)
 
 
 def cmd_eval(args) -> int:
@@ -209,9 +221,15 @@ def cmd_eval(args) -> int:
     print(f"loading {src.name} …", file=sys.stderr)
     hf = AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.hf_kwargs()).eval()
     tok = AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
+    name = src.name
+    if args.lora:
+        from swaa_engine.training.adapters import merge_adapter
+
+        hf = merge_adapter(hf, args.lora).eval()
+        name += f" + LoRA {args.lora}"
     t0 = time.perf_counter()
     run_grid(cfg, hf, tok)
-    title = (f"Model {src.name}; window {cfg.window}, sinks {cfg.sinks}, question tail {cfg.tail}; {cfg.samples} samples "
+    title = (f"Model {name}; window {cfg.window}, sinks {cfg.sinks}, question tail {cfg.tail}; {cfg.samples} samples "
              f"per cell; seed {cfg.seed}; {cfg.dtype}; this invocation ran {time.perf_counter() - t0:.0f} s.")
     print(write_report(cfg, title=title))
     print(f"wrote {cfg.out}/table.md, table.json, plot.png, results.jsonl", file=sys.stderr)
@@ -239,6 +257,93 @@ def cmd_load(args) -> int:
     return 0 if set(report.statuses) <= {"OK", "RESOURCE_EXHAUSTED"} else 1
 
 
+def _load_hf(model: str | None, device: str = "auto"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swaa_engine.engine import resolve_device
+    from swaa_engine.models.loader import resolve_source
+
+    src = resolve_source(model)
+    print(f"loading {src.name} …", file=sys.stderr)
+    hf = AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.hf_kwargs())
+    return src, hf.to(resolve_device(device)), AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
+
+
+def cmd_distill(args) -> int:
+    """Self-distilled training data: full-attention answers to training prompts, kept when correct (resumable)."""
+    from swaa_engine.training.distill import DistillConfig, distill
+
+    cfg = DistillConfig(out=args.out, lengths=tuple(int(x) for x in args.lengths.split(",")), samples=args.samples,
+                        tasks=tuple(args.tasks.split(",")), seed=args.seed, dtype=args.dtype)
+    _, hf, tok = _load_hf(args.model)
+    counts = distill(cfg, hf.eval(), tok)
+    print(f"{cfg.out}: kept {counts['kept']} of {counts['attempted']} prompts")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    """LoRA fine-tuning under the serving SWAA mask (resumable from OUT/checkpoint)."""
+    from swaa_engine.training.finetune import TrainConfig, finetune
+
+    cfg = TrainConfig(data=args.data, out=args.out, swaa=swaa_from_args(args, model_given=args.model is not None),
+                      rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
+                      max_batch_tokens=args.max_batch_tokens, kernel=args.kernel, seed=args.seed,
+                      save_every=args.save_every, limit=args.limit, gradient_checkpointing=not args.no_checkpointing)
+    _, hf, _ = _load_hf(args.model, args.device)
+    s = finetune(cfg, hf)
+    print(f"{s['steps']} steps on {s['examples']} examples ({s['kernel']}, {s['device']}): loss {s['first_loss']:.3f} → "
+          f"{s['last_loss']:.3f}; adapter in {cfg.out}/adapter")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    """A Hugging Face folder with the adapter merged in: serve it with --model, no peft needed."""
+    from swaa_engine.training.adapters import write_merged
+
+    _, hf, tok = _load_hf(args.model, "cpu")
+    write_merged(hf, tok, args.lora, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_training_commands(sub) -> None:
+    d = sub.add_parser("distill", help="self-distilled training data from the model's own full-attention answers")
+    d.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
+    d.add_argument("--out", required=True, help="JSONL file (rerunning resumes it)")
+    d.add_argument("--lengths", default="1024,2048,4096,7936", help="prompt lengths in tokens")
+    d.add_argument("--samples", type=int, default=50, help="prompts per task and length")
+    d.add_argument("--tasks", default="passkey,multikey")
+    d.add_argument("--seed", type=int, default=1000)
+    d.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    d.set_defaults(func=cmd_distill)
+
+    f = sub.add_parser("finetune", help="SWA-aware LoRA fine-tuning (peft) under the serving mask")
+    f.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
+    f.add_argument("--data", required=True, help="JSONL from swaa distill")
+    f.add_argument("--out", required=True, help="run folder: adapter/, log.jsonl, loss.png, checkpoint/")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--rank", type=int, default=16)
+    f.add_argument("--alpha", type=int, default=32)
+    f.add_argument("--lr", type=float, default=1e-4)
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--max-steps", type=int, default=None)
+    f.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per packed batch")
+    f.add_argument("--kernel", default="auto", choices=["auto", "sdpa", "flex"])
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
+    f.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    f.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
+    add_swaa_args(f)
+    f.set_defaults(func=cmd_finetune)
+
+    m = sub.add_parser("merge", help="write a model folder with a LoRA adapter merged into the weights")
+    m.add_argument("--model", default=None, help="the base model (default: the embedded model)")
+    m.add_argument("--lora", required=True, help="peft adapter folder")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=cmd_merge)
+
+
 def add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     s.add_argument("--port", type=int, default=50051)
@@ -254,6 +359,14 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     a.add_argument("--tls-cert", default=None, help="server certificate chain (PEM)")
     a.add_argument("--tls-key", default=None, help="server private key (PEM)")
     a.add_argument("--tls-client-ca", default=None, help="CA (PEM) that client certificates must chain to: mutual TLS")
+    r = s.add_argument_group("replicas (Ray)")
+    r.add_argument("--replicas", type=int, default=0,
+                   help="run N engine replicas as Ray actors behind this front end (0: one engine in this process)")
+    r.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto' or host:port); default: start one here")
+    r.add_argument("--gpus-per-replica", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+    r.add_argument("--cpus-per-replica", type=float, default=1.0)
+    r.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all)")
+    r.add_argument("--ray-object-store-bytes", type=int, default=None, help="a local Ray instance's object store size")
     o = s.add_argument_group("logs")
     o.add_argument("--log-format", choices=["json", "console"], default="json")
     o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
@@ -320,7 +433,10 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     e.add_argument("--configs", default="", help="comma-separated grid names (default: all)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    e.add_argument("--lora", default=None, metavar="DIR", help="evaluate with this peft adapter merged in")
     e.set_defaults(func=cmd_eval)
+
+    add_training_commands(sub)
 
     ld = sub.add_parser("load", help="bounded load generator against a local server (loopback only)")
     ld.add_argument("--target", default="127.0.0.1:50051")
@@ -351,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swaa {args.command}: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from swaa_client.errors import SwaaError
-
-        if isinstance(e, SwaaError):  # a server's answer: print it, no traceback
+        # a server's answer (swaa_client.errors): print it, no traceback. Checked by module so that commands which
+        # never import the SDK (distill, finetune) do not need it importable.
+        if type(e).__module__ == "swaa_client.errors":
             print(f"swaa {args.command}: {e}", file=sys.stderr)
             return 1
         raise

@@ -93,16 +93,28 @@ def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
                                logprobs=_logprobs(merged), **_final_fields(merged))
 
 
-def model_info_pb(engine) -> pb.ModelInfo:
-    sw = engine.config.swaa
-    usage = engine.cache_usage()
+def _pool(u: dict) -> pb.PoolUsage:
+    return pb.PoolUsage(used=u["used"], total=u["total"])
+
+
+def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
+    """From a frontend.EngineSnapshot and, with replicas, their ReplicaViews (usage then sums over the ready ones)."""
+    sw = snap.swaa
     swaa = pb.SWAA(sinks=sw.sinks, fa_decode=str(sw.fa_decode).lower() if isinstance(sw.fa_decode, bool) else str(sw.fa_decode),
                    fa_layers=str(sw.fa_layers) if sw.fa_layers else "", fa_tail=sw.fa_tail)
     if sw.window is not None:
         swaa.window = sw.window
+    usage = snap.usage
+    if replicas:
+        ready = [r.load for r in replicas if r.ready and r.load is not None]
+        usage = {p: {k: sum(l.usage[p][k] for l in ready) for k in ("used", "total")} for p in ("paged", "ring")}
     return pb.ModelInfo(
-        model=engine.model_name, architecture=engine.dims.architecture, max_context=engine.max_model_len, swaa=swaa,
-        layers=[pb.LayerInfo(layer=s.layer, attention=ATTENTION[s.kind], cache=CACHE[s.cache_kind]) for s in engine.specs],
-        block_size=engine.cache.block_size, paged=pb.PoolUsage(**usage["paged"]), ring=pb.PoolUsage(**usage["ring"]),
-        vocab_size=engine.dims.vocab_size,
+        model=snap.model_name, architecture=snap.architecture, max_context=snap.max_model_len, swaa=swaa,
+        layers=[pb.LayerInfo(layer=s.layer, attention=ATTENTION[s.kind], cache=CACHE[s.cache_kind]) for s in snap.specs],
+        block_size=snap.block_size, paged=_pool(usage["paged"]), ring=_pool(usage["ring"]), vocab_size=snap.vocab_size,
+        replicas=[pb.ReplicaStatus(index=r.index, ready=r.ready, restarts=r.restarts,
+                                   **({} if r.load is None else dict(paged=_pool(r.load.usage["paged"]), ring=_pool(r.load.usage["ring"]),
+                                                                     running=r.load.running, waiting=r.load.waiting)))
+                  for r in replicas],
+        replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import structlog
 from google.protobuf import any_pb2
@@ -12,10 +10,11 @@ from grpc_status import rpc_status
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
-from swaa_engine.async_engine import AsyncEngine, EngineDeadError
+from swaa_engine.async_engine import EngineDeadError
 from swaa_engine.sampling_params import InvalidRequestError
 from swaa_engine.scheduler import QueueFullError
 from swaa_server import convert
+from swaa_server.frontend import Frontend, ReplicaUnavailableError
 
 log = structlog.get_logger("swaa.request")
 
@@ -36,13 +35,19 @@ async def _abort_with(context, e: Exception, request_id: str = ""):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     if isinstance(e, EngineDeadError):
         await context.abort(grpc.StatusCode.INTERNAL, str(e))
+    if isinstance(e, ReplicaUnavailableError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
     raise e
 
 
-class GenerationServicer(pb_grpc.GenerationServicer):
-    """``engine`` is None while the model loads: every call then gets UNAVAILABLE (retryable)."""
+_EXPECTED = (InvalidRequestError, QueueFullError, EngineDeadError, ReplicaUnavailableError)
 
-    def __init__(self, engine: AsyncEngine | None = None):
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    """``engine`` (a Frontend: one engine or a replica router) is None while the model loads: every call then gets
+    UNAVAILABLE (retryable)."""
+
+    def __init__(self, engine: Frontend | None = None):
         self.engine = engine
 
     async def _ready(self, context) -> None:
@@ -58,7 +63,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             prompt, params, rid = self._request(request)
             stream = self.engine.stream(prompt, params, rid)
             first = await stream.__anext__()
-        except (InvalidRequestError, QueueFullError, EngineDeadError) as e:
+        except _EXPECTED as e:
             await _abort_with(context, e, request.request_id)
         try:
             yield convert.chunk_pb(first)
@@ -66,6 +71,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 yield convert.chunk_pb(chunk)
         except EngineDeadError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        except ReplicaUnavailableError as e:  # its replica died mid-stream: retryable, the client knows how far it got
+            log.info("request.replica_lost", request_id=request.request_id or None, reason=str(e))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         finally:
             await stream.aclose()  # client cancel / deadline lands here: aborts the request, frees its cache
 
@@ -74,13 +82,13 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         try:
             prompt, params, rid = self._request(request)
             chunks = await self.engine.generate(prompt, params, rid)
-        except (InvalidRequestError, QueueFullError, EngineDeadError) as e:
+        except _EXPECTED as e:
             await _abort_with(context, e, request.request_id)
         return convert.response_pb(chunks)
 
     async def Abort(self, request, context):
         await self._ready(context)
-        return pb.AbortResponse(aborted=self.engine.abort(request.request_id))
+        return pb.AbortResponse(aborted=await self.engine.abort(request.request_id))
 
     async def CountTokens(self, request, context):
         await self._ready(context)
@@ -92,11 +100,15 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 prompt = [{"role": m.role, "content": m.content} for m in request.chat.messages]
             else:
                 raise InvalidRequestError("prompt", "one of text or chat is required")
-            ids = await asyncio.get_running_loop().run_in_executor(None, self.engine.engine.tokenize, prompt)
-        except InvalidRequestError as e:
+            ids = await self.engine.tokenize(prompt)
+        except (InvalidRequestError, ReplicaUnavailableError) as e:
             await _abort_with(context, e)
         return pb.CountTokensResponse(count=len(ids), token_ids=ids)
 
     async def GetModelInfo(self, request, context):
         await self._ready(context)
-        return convert.model_info_pb(self.engine.engine)
+        try:
+            model, replicas = await self.engine.info()
+        except ReplicaUnavailableError as e:
+            await _abort_with(context, e)
+        return convert.model_info_pb(model, replicas)

@@ -16,41 +16,54 @@ _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 
 
 
 class _EngineCollector:
-    """Gauges read from the engine at scrape time, so they are never stale."""
+    """Gauges read at scrape time (never stale): one sample set per engine, labelled by replica when there are several."""
 
-    def __init__(self, engine, labels: dict[str, str]):
-        self.engine, self.labels = engine, labels
+    def __init__(self, metrics: "Metrics"):
+        self.metrics = metrics
 
     def collect(self):
-        names, values = list(self.labels), list(self.labels.values())
-        n = self.engine.num_requests()
-        for state in ("running", "waiting"):
-            g = GaugeMetricFamily(f"swaa_num_requests_{state}", f"requests {state} in the engine", labels=names)
-            g.add_metric(values, n[state])
+        names = list(self.metrics.labels) + list(self.metrics.extra_label_names)
+        loads = self.metrics.loads() if self.metrics.loads is not None else []
+        fams = {
+            "running": GaugeMetricFamily("swaa_num_requests_running", "requests running in the engine", labels=names),
+            "waiting": GaugeMetricFamily("swaa_num_requests_waiting", "requests waiting in the engine", labels=names),
+            "perc": GaugeMetricFamily("swaa_cache_usage_ratio", "fraction of the KV pool in use (paged blocks or rings)",
+                                      labels=names + ["pool"]),
+            "used": GaugeMetricFamily("swaa_cache_used", "KV pool units in use (blocks or rings)", labels=names + ["pool"]),
+            "total": GaugeMetricFamily("swaa_cache_capacity", "KV pool units (blocks or rings)", labels=names + ["pool"]),
+            "pre": CounterMetricFamily("swaa_preemptions", "sequences preempted (recomputed later) for lack of cache",
+                                       labels=names),
+        }
+        for extra, snap in loads:
+            values = list(self.metrics.labels.values()) + [extra.get(n, "") for n in self.metrics.extra_label_names]
+            fams["running"].add_metric(values, snap.running)
+            fams["waiting"].add_metric(values, snap.waiting)
+            for pool, u in snap.usage.items():
+                fams["perc"].add_metric(values + [pool], u["used"] / u["total"] if u["total"] else 0.0)
+                fams["used"].add_metric(values + [pool], u["used"])
+                fams["total"].add_metric(values + [pool], u["total"])
+            fams["pre"].add_metric(values, snap.preemptions)
+        yield from fams.values()
+        if self.metrics.ready is not None:
+            g = GaugeMetricFamily("swaa_replicas_ready", "engine replicas answering now", labels=list(self.metrics.labels))
+            g.add_metric(list(self.metrics.labels.values()), self.metrics.ready())
             yield g
-        usage = self.engine.cache_usage()
-        perc = GaugeMetricFamily("swaa_cache_usage_ratio", "fraction of the KV pool in use (paged blocks or rings)",
-                                 labels=names + ["pool"])
-        used = GaugeMetricFamily("swaa_cache_used", "KV pool units in use (blocks or rings)", labels=names + ["pool"])
-        total = GaugeMetricFamily("swaa_cache_capacity", "KV pool units (blocks or rings)", labels=names + ["pool"])
-        for pool, u in usage.items():
-            perc.add_metric(values + [pool], u["used"] / u["total"] if u["total"] else 0.0)
-            used.add_metric(values + [pool], u["used"])
-            total.add_metric(values + [pool], u["total"])
-        yield from (perc, used, total)
-        pre = CounterMetricFamily("swaa_preemptions", "sequences preempted (recomputed later) for lack of cache",
-                                  labels=names)
-        pre.add_metric(values, self.engine.scheduler.num_preemptions)
-        yield pre
 
 
 class Metrics:
-    """Request histograms and token counters (a listener), engine gauges (a collector), one registry."""
+    """Request histograms and token counters (a listener), engine gauges (a collector), one registry.
 
-    def __init__(self, engine, labels: dict[str, str] | None = None, registry: CollectorRegistry | None = None):
+    ``extra_label_names`` (e.g. ``("replica",)``) label every series; the router passes their values to
+    ``on_finish``. ``loads``/``ready`` are set once the frontend exists (``watch``)."""
+
+    def __init__(self, labels: dict[str, str] | None = None, registry: CollectorRegistry | None = None,
+                 extra_label_names: tuple[str, ...] = ()):
         self.labels = dict(labels or {})
+        self.extra_label_names = tuple(extra_label_names)
         self.registry = registry or CollectorRegistry()
-        names = list(self.labels)
+        self.loads = None
+        self.ready = None
+        names = list(self.labels) + list(self.extra_label_names)
 
         def hist(name, doc, buckets):
             return Histogram(name, doc, names, registry=self.registry, buckets=buckets)
@@ -63,27 +76,31 @@ class Metrics:
         self.generation_tokens = Counter("swaa_generation_tokens", "generated tokens", names, registry=self.registry)
         self.requests = Counter("swaa_requests", "finished requests by finish reason", names + ["finish_reason"],
                                 registry=self.registry)
-        self.registry.register(_EngineCollector(engine, self.labels))
+        self.registry.register(_EngineCollector(self))
         self._http = None
 
-    def _l(self, m, **extra):
-        labels = {**self.labels, **extra}
+    def watch(self, loads, ready=None) -> None:
+        """``loads()`` → [(extra labels, EngineSnapshot)]; ``ready()`` → replicas ready (replica mode only)."""
+        self.loads, self.ready = loads, ready
+
+    def _l(self, m, extra: dict, **more):
+        labels = {**self.labels, **{n: extra.get(n, "") for n in self.extra_label_names}, **more}
         return m.labels(**labels) if labels else m
 
     def on_accept(self, request_id, prompt, params) -> None:
         pass
 
-    def on_finish(self, chunk: StreamChunk) -> None:
+    def on_finish(self, chunk: StreamChunk, **extra) -> None:
         t, u = chunk.timings, chunk.usage
-        self._l(self.requests, finish_reason=chunk.finish_reason.value).inc()
-        self._l(self.prompt_tokens).inc(u.prompt_tokens)
-        self._l(self.generation_tokens).inc(u.completion_tokens)
-        self._l(self.e2e).observe(t.total_s)
-        self._l(self.queue).observe(t.queue_s)
+        self._l(self.requests, extra, finish_reason=chunk.finish_reason.value).inc()
+        self._l(self.prompt_tokens, extra).inc(u.prompt_tokens)
+        self._l(self.generation_tokens, extra).inc(u.completion_tokens)
+        self._l(self.e2e, extra).observe(t.total_s)
+        self._l(self.queue, extra).observe(t.queue_s)
         if t.ttft_s is not None:
-            self._l(self.ttft).observe(t.ttft_s)
+            self._l(self.ttft, extra).observe(t.ttft_s)
             if u.completion_tokens > 1:
-                self._l(self.tpot).observe((t.total_s - t.ttft_s) / (u.completion_tokens - 1))
+                self._l(self.tpot, extra).observe((t.total_s - t.ttft_s) / (u.completion_tokens - 1))
 
     def serve_http(self, host: str, port: int) -> int:
         """Expose /metrics; returns the bound port (``port`` 0 picks a free one)."""
@@ -127,9 +144,9 @@ class RequestLog:
         self.log.info("request.accepted", request_id=request_id, prompt_kind=kind,
                       max_tokens=getattr(params, "max_tokens", None), temperature=getattr(params, "temperature", None), **extra)
 
-    def on_finish(self, chunk: StreamChunk) -> None:
+    def on_finish(self, chunk: StreamChunk, **extra) -> None:
         t, u = chunk.timings, chunk.usage
-        self.log.info("request.finished", request_id=chunk.request_id, finish_reason=chunk.finish_reason.value,
+        self.log.info("request.finished", request_id=chunk.request_id, finish_reason=chunk.finish_reason.value, **extra,
                       prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                       queue_s=round(t.queue_s, 4), ttft_s=None if t.ttft_s is None else round(t.ttft_s, 4),
                       total_s=round(t.total_s, 4))

@@ -154,16 +154,29 @@ def load_weights(model: LlamaFamilyModel, state_dict: dict[str, torch.Tensor]) -
 
 
 def load_model(source: ModelSource | None, cfg, dtype: torch.dtype, device: torch.device, *, random_weights: bool,
-               seed: int, hf_model=None) -> LlamaFamilyModel:
+               seed: int, hf_model=None, lora: str | None = None, swaa=None) -> LlamaFamilyModel:
+    """``lora``: a peft adapter folder merged into the weights before they are copied in."""
     model = build_model(cfg, dtype, device)
     if random_weights:
         init_random(model, getattr(cfg, "initializer_range", 0.02), seed)
+        if lora:
+            raise ModelNotFoundError("lora: an adapter needs real weights, not random_weights")
         return model
     if hf_model is None:
         from transformers import AutoModelForCausalLM
 
         if source is None:
             raise ModelNotFoundError("no model path given and random_weights is off")
-        hf_model = AutoModelForCausalLM.from_pretrained(source.folder, dtype=dtype, **source.hf_kwargs())
+        # an adapter is merged at float32 (exact sum), then cast by load_weights
+        hf_model = AutoModelForCausalLM.from_pretrained(source.folder, dtype=torch.float32 if lora else dtype,
+                                                        **source.hf_kwargs())
+    elif lora:
+        import copy
+
+        hf_model = copy.deepcopy(hf_model)  # the caller's model stays unmerged
+    if lora:
+        from swaa_engine.training.adapters import merge_adapter
+
+        hf_model = merge_adapter(hf_model, lora, swaa)
     load_weights(model, hf_model.state_dict())
     return model

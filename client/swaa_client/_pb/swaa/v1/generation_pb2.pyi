@@ -250,8 +250,26 @@ class PoolUsage(_message.Message):
     total: int
     def __init__(self, used: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
+class ReplicaStatus(_message.Message):
+    __slots__ = ("index", "ready", "paged", "ring", "running", "waiting", "restarts")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    PAGED_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    ready: bool
+    paged: PoolUsage
+    ring: PoolUsage
+    running: int
+    waiting: int
+    restarts: int
+    def __init__(self, index: _Optional[int] = ..., ready: _Optional[bool] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size")
+    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size", "replicas", "replicas_ready")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +279,8 @@ class ModelInfo(_message.Message):
     PAGED_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_READY_FIELD_NUMBER: _ClassVar[int]
     model: str
     architecture: str
     max_context: int
@@ -270,4 +290,6 @@ class ModelInfo(_message.Message):
     paged: PoolUsage
     ring: PoolUsage
     vocab_size: int
-    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    replicas_ready: int
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., replicas_ready: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,75 @@
+"""LoRA adapters at serving time: merged into the base weights once, at load (no per-token adapter cost)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from swaa_engine.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def check_adapter(path: str) -> str:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ConfigError("lora", f"{path}: not a peft adapter folder (no adapter_config.json)")
+    return path
+
+
+def trained_swaa(path: str) -> dict | None:
+    """The SWAA config the adapter was trained under (written by ``swaa finetune``), if recorded."""
+    from swaa_engine.training.finetune import SWAA_FILE
+
+    f = os.path.join(path, SWAA_FILE)
+    if not os.path.isfile(f):
+        return None
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def _swaa(d: dict):
+    from swaa_engine.swaa import SWAAConfig
+
+    return SWAAConfig.from_dict(d)
+
+
+def merge_adapter(hf_model, path: str, swaa=None):
+    """``hf_model`` with the adapter's deltas added to its weights (modified in place; returned unwrapped).
+
+    Merging at float32 keeps the sum exact before the engine casts to its dtype."""
+    from peft import PeftModel
+
+    path = check_adapter(path)
+    trained = trained_swaa(path)
+    if swaa is not None and trained is not None and _swaa(trained) != swaa:
+        # legal (e.g. evaluating an adapter under another config) but rarely intended
+        log.warning("adapter %s was trained under SWAA %s, serving under %s", path, trained, swaa.to_dict())
+    try:
+        return PeftModel.from_pretrained(hf_model, path, is_trainable=False).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ConfigError("lora", f"{path} does not fit this model: {e}") from None
+
+
+def write_merged(hf_model, tokenizer, path: str, out: str) -> None:
+    """A Hugging Face model folder (safetensors) with the adapter merged in: servable without peft."""
+    from transformers import AutoModelForCausalLM
+
+    merged = merge_adapter(hf_model, path)
+    # A model loaded from GGUF counts as quantized and refuses save_pretrained, although its weights are plain
+    # dequantized tensors: rebuild a clean model from its config and copy them in.
+    config = merged.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    clean = AutoModelForCausalLM.from_config(config, dtype=next(merged.parameters()).dtype)
+    clean.load_state_dict(merged.state_dict())
+    os.makedirs(out, exist_ok=True)
+    clean.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    trained = trained_swaa(path)
+    if trained is not None:
+        with open(os.path.join(out, "swaa.json"), "w") as f:
+            json.dump(trained, f, indent=1)
