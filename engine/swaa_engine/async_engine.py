@@ -88,6 +88,16 @@ class AsyncEngine:
     # -- callers ----------------------------------------------------------------------------
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
         """Yield chunks until the finished one. Raises InvalidRequestError / QueueFullError up front."""
+        rid, q = await self._open(prompt, params, request_id)
+        async for chunk in self._drain(rid, q):
+            yield chunk
+
+    async def open(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
+        """Like ``stream``, but the request is accepted (or refused) when this returns, before its first token."""
+        rid, q = await self._open(prompt, params, request_id)
+        return self._drain(rid, q)
+
+    async def _open(self, prompt, params, request_id) -> tuple[str, asyncio.Queue]:
         if request_id is not None and request_id in self._queues:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use by a running request")
         q: asyncio.Queue = asyncio.Queue()
@@ -103,6 +113,9 @@ class AsyncEngine:
         for listener in self.listeners:
             listener.on_accept(rid, prompt, params)
         self._wake.set()
+        return rid, q
+
+    async def _drain(self, rid: str, q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         finished = False
         try:
             while True:

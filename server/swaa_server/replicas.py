@@ -43,7 +43,11 @@ class ReplicaConfig:
 
 
 class EngineReplica:
-    """One engine in a Ray actor process (made remote by ``ReplicaRouter``, so importing this needs no Ray)."""
+    """One engine in a Ray actor process (made remote by ``ReplicaRouter``, so importing this needs no Ray).
+
+    Requests come in through ``submit``; every request's chunks go out through one ``outputs`` stream, batched per
+    engine step. One Ray object per step instead of one per token per request keeps the router's cost flat as the
+    batch grows."""
 
     def __init__(self, config: EngineConfig, index: int):
         from swaa_engine.engine import LLMEngine
@@ -51,10 +55,36 @@ class EngineReplica:
         self.index = index
         self.engine = LLMEngine(config)
         self.front = AsyncEngine(self.engine)
+        self._outbox: asyncio.Queue | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
 
-    async def stream(self, prompt, params, request_id: str):
-        async for chunk in self.front.stream(prompt, params, request_id):
-            yield chunk
+    def _box(self) -> asyncio.Queue:
+        if self._outbox is None:  # created on the actor's event loop
+            self._outbox = asyncio.Queue()
+        return self._outbox
+
+    async def submit(self, prompt, params, request_id: str) -> None:
+        """Accepts the request (or raises InvalidRequestError / QueueFullError); its chunks follow on ``outputs``."""
+        chunks = await self.front.open(prompt, params, request_id)
+        self._tasks[request_id] = asyncio.create_task(self._forward(request_id, chunks))
+
+    async def _forward(self, request_id: str, chunks) -> None:
+        box = self._box()
+        try:
+            async for chunk in chunks:
+                box.put_nowait(chunk)
+        except Exception as e:  # EngineDeadError: the request cannot complete
+            box.put_nowait((request_id, e))
+        finally:
+            self._tasks.pop(request_id, None)
+
+    async def outputs(self):
+        box = self._box()
+        while True:
+            items = [await box.get()]
+            while not box.empty():
+                items.append(box.get_nowait())
+            yield items
 
     async def abort(self, request_id: str) -> bool:
         return self.front.abort(request_id)
@@ -91,6 +121,8 @@ class ReplicaRouter:
         self._load: list[EngineSnapshot | None] = [None] * n
         self._work = [0] * n  # outstanding work: queued (not yet first-token) prompt tokens + running requests
         self._owner: dict[str, int] = {}
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._pumps: list[asyncio.Task | None] = [None] * n
         self._poller: asyncio.Task | None = None
         self._ray = None
 
@@ -146,10 +178,36 @@ class ReplicaRouter:
             if self._pid[i] is not None and pid != self._pid[i]:
                 self.restarts[i] += 1
                 log.warning("replica %d restarted (pid %s → %s)", i, self._pid[i], pid)
-            self._pid[i], self._load[i], self.ready[i] = pid, load, True
+            self._pid[i], self._load[i] = pid, load
+            if self._pumps[i] is None or self._pumps[i].done():
+                self._pumps[i] = asyncio.create_task(self._pump(i))
+            self.ready[i] = True
         after = sum(self.ready)
         if after != before and self.on_ready_change is not None:
             self.on_ready_change(after)
+
+    async def _pump(self, i: int) -> None:
+        """Replica i's output stream → the waiting requests. When it breaks (the replica died), every request that
+        replica owned ends with ReplicaUnavailableError."""
+        gen = self.handles[i].outputs.options(num_returns="streaming").remote()
+        reason = "its output stream ended"
+        try:
+            async for ref in gen:
+                for item in await ref:
+                    rid, payload = (item.request_id, item) if not isinstance(item, tuple) else item
+                    q = self._queues.get(rid)
+                    if q is not None and self._owner.get(rid) == i:
+                        q.put_nowait(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            reason = type(e).__name__
+        finally:
+            self._mark_down(i)
+            err = ReplicaUnavailableError(f"replica {i} is gone ({reason}); retry")
+            for rid, owner in list(self._owner.items()):
+                if owner == i and rid in self._queues:
+                    self._queues[rid].put_nowait(err)
 
     def _mark_down(self, i: int) -> None:
         before = sum(self.ready)
@@ -160,6 +218,9 @@ class ReplicaRouter:
     def shutdown(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        for p in self._pumps:
+            if p is not None:
+                p.cancel()
         if self._ray is not None:
             for h in self.handles:
                 try:
@@ -169,7 +230,7 @@ class ReplicaRouter:
 
     # -- routing -----------------------------------------------------------------------------
     def _pick(self) -> int:
-        live = [i for i in range(self.rc.replicas) if self.ready[i]]
+        live = [i for i in range(self.rc.replicas) if self.ready[i] and self._pumps[i] is not None and not self._pumps[i].done()]
         if not live:
             raise ReplicaUnavailableError("no engine replica is ready (restarting or loading); retry")
         return min(live, key=lambda i: (self._work[i], i))
@@ -177,10 +238,15 @@ class ReplicaRouter:
     def owner(self, request_id: str) -> int | None:
         return self._owner.get(request_id)
 
-    def _ray_errors(self):
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    def _unwrap(self, e: BaseException, i: int) -> BaseException:
+        """A Ray error → what the servicer maps: the replica's own exception, or ReplicaUnavailableError."""
+        from ray.exceptions import RayActorError, RayTaskError
 
-        return RayTaskError, (RayActorError, GetTimeoutError)
+        cause = getattr(e, "cause", None) if isinstance(e, RayTaskError) else e
+        if isinstance(cause, RayActorError) or isinstance(e, RayActorError):
+            self._mark_down(i)
+            return ReplicaUnavailableError(f"replica {i} is gone ({type(cause or e).__name__}); retry")
+        return cause if isinstance(cause, BaseException) else e
 
     async def stream(self, prompt, params=None, request_id=None):
         rid = request_id or uuid.uuid4().hex
@@ -188,48 +254,37 @@ class ReplicaRouter:
             raise InvalidRequestError("request_id", f"{rid!r} is already in use by a running request")
         i = self._pick()
         weight = _prompt_weight(prompt)
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues[rid], self._owner[rid] = q, i  # before submit: the pump may deliver at once
         self._work[i] += weight + 1
-        self._owner[rid] = i
-        task_error, actor_errors = self._ray_errors()
-        gen = self.handles[i].stream.options(num_returns="streaming").remote(prompt, params, rid)
-        accepted = finished = False
-        queued = True  # until the first chunk: its prompt tokens count as this replica's outstanding work
+        queued, finished = True, False  # queued: until the first chunk its prompt counts as outstanding work
         try:
-            async for ref in gen:
-                chunk = await ref
-                if not accepted:
-                    accepted = True
-                    for listener in self.listeners:
-                        listener.on_accept(rid, prompt, params)
+            try:
+                await _await_ref(self.handles[i].submit.remote(prompt, params, rid))
+            except Exception as e:
+                raise self._unwrap(e, i) from None
+            for listener in self.listeners:
+                listener.on_accept(rid, prompt, params)
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
                 if queued:
                     queued = False
                     self._work[i] -= weight
-                if chunk.finished:
+                if item.finished:
                     finished = True
                     for listener in self.listeners:
-                        _safe(listener.on_finish, chunk, replica=str(i))
-                yield chunk
+                        _safe(listener.on_finish, item, replica=str(i))
+                yield item
                 if finished:
                     return
-            raise ReplicaUnavailableError(f"replica {i} ended the stream early")
-        except task_error as e:  # the replica raised: InvalidRequestError, QueueFullError, EngineDeadError, …
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, actor_errors):
-                self._mark_down(i)
-                raise ReplicaUnavailableError(f"replica {i} is gone ({type(cause).__name__}); retry") from None
-            raise (cause if isinstance(cause, BaseException) else e) from None
-        except actor_errors as e:
-            self._mark_down(i)
-            raise ReplicaUnavailableError(f"replica {i} is gone ({type(e).__name__}); retry") from None
         finally:
+            self._queues.pop(rid, None)
             self._owner.pop(rid, None)
             self._work[i] -= 1 + (weight if queued else 0)
-            if not finished:  # cancel, deadline, client gone, or error: free the replica's cache now
+            if not finished and self.ready[i]:  # cancel, deadline, client gone: free the replica's cache now
                 self.handles[i].abort.remote(rid)
-                try:
-                    self._ray.cancel(gen)
-                except Exception:
-                    pass
 
     async def generate(self, prompt, params=None, request_id=None):
         return [c async for c in self.stream(prompt, params, request_id)]
@@ -245,14 +300,10 @@ class ReplicaRouter:
 
     async def tokenize(self, prompt) -> list[int]:
         i = self._pick()
-        task_error, actor_errors = self._ray_errors()
         try:
             return await _await_ref(self.handles[i].tokenize.remote(prompt))
-        except task_error as e:
-            raise (e.cause if isinstance(getattr(e, "cause", None), BaseException) else e) from None
-        except actor_errors:
-            self._mark_down(i)
-            raise ReplicaUnavailableError(f"replica {i} is gone; retry") from None
+        except Exception as e:
+            raise self._unwrap(e, i) from None
 
     def views(self) -> tuple[ReplicaView, ...]:
         return tuple(ReplicaView(i, self.ready[i], self.restarts[i], self._load[i]) for i in range(self.rc.replicas))

@@ -145,7 +145,8 @@ def test_killed_replica_fails_its_streams_and_comes_back(service):
 
 def test_replica_loss_under_load(service):
     """`swaa load` against the service while one replica is killed: only OK and UNAVAILABLE come back, at most as
-    many UNAVAILABLE as the victim had streams, the service stays SERVING and the replica returns."""
+    many UNAVAILABLE as the victim had streams, every request is answered, the service stays SERVING and the
+    replica returns."""
     from swaa_server.loadgen import LoadConfig, run_load
 
     target, _, router = service
@@ -164,7 +165,8 @@ def test_replica_loss_under_load(service):
     t.join(240)
     report = box["report"]
     assert set(report.statuses) <= {"OK", "UNAVAILABLE"}, report.statuses
-    assert 1 <= report.statuses.get("UNAVAILABLE", 0) <= in_flight, (report.statuses, in_flight)
+    # streams that had tokens end UNAVAILABLE; those still before their first token are retried by the SDK elsewhere
+    assert in_flight >= 1 and report.statuses.get("UNAVAILABLE", 0) <= in_flight, (report.statuses, in_flight)
     assert sum(report.statuses.values()) == 30
     wait_for(lambda: router.ready[victim] and router.restarts[victim] == restarts + 1, 240, "the replica to return")
     wait_for(lambda: idle(router), 30, "both replicas idle")
