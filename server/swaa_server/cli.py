@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(os.environ).parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # config and request errors carry the field in their message
+    except (ValueError, FileNotFoundError) as e:  # config, request and missing-file errors name what is wrong
         print(f"swaa {args.command}: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -131,7 +131,9 @@ class ReplicaRouter:
     async def start(cls, engine_config: EngineConfig, rc: ReplicaConfig, listeners=(), on_ready_change=None,
                     wait_ready: bool = True) -> "ReplicaRouter":
         router = cls(rc, listeners, on_ready_change)
-        await asyncio.get_running_loop().run_in_executor(None, router._spawn, engine_config)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _check_config, engine_config)
+        await loop.run_in_executor(None, router._spawn, engine_config)
         router._poller = asyncio.create_task(router._poll_forever())
         if wait_ready:  # until one replica answers: the service is SERVING from then on
             while not any(router.ready):
@@ -316,6 +318,20 @@ class ReplicaRouter:
 
     def loads(self):
         return [({"replica": str(i)}, self._load[i]) for i in range(self.rc.replicas) if self.ready[i] and self._load[i]]
+
+
+def _check_config(cfg: EngineConfig) -> None:
+    """Refuse what every replica would fail on (model not found, unsupported architecture, no adapter) here, with a
+    clear error: a replica that cannot start would otherwise be restarted by Ray forever."""
+    from swaa_engine.models.loader import load_hf_config, resolve_source
+    from swaa_engine.models.registry import dims_from_config
+
+    dims = dims_from_config(load_hf_config(resolve_source(cfg.model)))
+    cfg.swaa.layer_specs(dims.num_layers)
+    if cfg.lora:
+        from swaa_engine.training.adapters import check_adapter
+
+        check_adapter(cfg.lora)
 
 
 async def _await_ref(ref):

@@ -170,3 +170,17 @@ def test_replica_loss_under_load(service):
     assert sum(report.statuses.values()) == 30
     wait_for(lambda: router.ready[victim] and router.restarts[victim] == restarts + 1, 240, "the replica to return")
     wait_for(lambda: idle(router), 30, "both replicas idle")
+
+
+def test_bad_replica_config_is_refused_before_ray_starts(tmp_path):
+    """A model every replica would fail to load is refused up front with a clear error; Ray would otherwise
+    restart the failing actors forever."""
+    from swaa_engine.models.loader import ModelNotFoundError
+    from swaa_server.cli import main
+    from swaa_server.replicas import ReplicaRouter
+
+    with pytest.raises(ModelNotFoundError, match="nope"):
+        asyncio.run(ReplicaRouter.start(EngineConfig(model=str(tmp_path / "nope")), ReplicaConfig(replicas=2)))
+    with pytest.raises(ValueError, match="replicas"):
+        ReplicaConfig(replicas=0)
+    assert main(["serve", "--replicas", "2", "--model", str(tmp_path / "nope"), "--port", "0", "--metrics-port", "-1"]) == 2

@@ -159,9 +159,7 @@ def load_model(source: ModelSource | None, cfg, dtype: torch.dtype, device: torc
     model = build_model(cfg, dtype, device)
     if random_weights:
         init_random(model, getattr(cfg, "initializer_range", 0.02), seed)
-        if lora:
-            raise ModelNotFoundError("lora: an adapter needs real weights, not random_weights")
-        return model
+        return model  # EngineConfig refuses lora with random_weights
     if hf_model is None:
         from transformers import AutoModelForCausalLM
 

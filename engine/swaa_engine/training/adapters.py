@@ -60,9 +60,8 @@ def write_merged(hf_model, tokenizer, path: str, out: str) -> None:
     # A model loaded from GGUF counts as quantized and refuses save_pretrained, although its weights are plain
     # dequantized tensors: rebuild a clean model from its config and copy them in.
     config = merged.config
-    for attr in ("quantization_config",):
-        if hasattr(config, attr):
-            delattr(config, attr)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
     clean = AutoModelForCausalLM.from_config(config, dtype=next(merged.parameters()).dtype)
     clean.load_state_dict(merged.state_dict())
     os.makedirs(out, exist_ok=True)
