@@ -225,3 +225,46 @@ def test_ray_cluster_matches_its_front_end():
     gcs = {p["name"]: p["containerPort"] for p in head["ports"]}["gcs"]
     assert rc.ray_address == f"127.0.0.1:{gcs}"  # the front end shares the head's pod
     assert cluster["rayVersion"] == __import__("ray").__version__
+
+
+def test_cpu_demo_pod_configuration_starts_the_service(tmp_path):
+    """The cpu-demo pod as rendered: the image's entry point with the ConfigMap's environment and the Secret's token
+    file, run outside a container. Its gRPC health (what the probes call) turns SERVING, a call without the token is
+    refused, one with it is answered, and SIGTERM exits 0 — apply-as-is configuration, not just valid YAML."""
+    import socket
+    import time
+
+    from swaa_client import Client, UnauthenticatedError
+
+    docs = render("overlays/cpu-demo")
+    pod, container, env = front_end(docs)
+    secret = one(docs, "Secret")["stringData"]["tokens"]
+    (tmp_path / "tokens").write_text(secret + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **env, "SWAA_AUTH_TOKEN_FILE": str(tmp_path / "tokens"), "SWAA_HOST": "127.0.0.1",
+           "SWAA_PORT": str(port), "SWAA_METRICS_PORT": "-1"}  # a free loopback port for the test; all else as rendered
+    exe = shutil.which(entrypoint()[0], path=os.path.dirname(sys.executable))
+    proc = subprocess.Popen([exe, *entrypoint()[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as anon, Client(f"127.0.0.1:{port}", token=secret, timeout=120) as c:
+            deadline = time.monotonic() + 180
+            while True:
+                assert proc.poll() is None, proc.stderr.read()
+                try:
+                    if anon.health() == "SERVING":
+                        break
+                except Exception:
+                    pass
+                assert time.monotonic() < deadline, "never SERVING"
+                time.sleep(1)
+            with pytest.raises(UnauthenticatedError):
+                anon.generate("Hi", max_tokens=2)
+            out = c.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
+            assert "Paris" in out.text
+            info = c.model_info()
+            assert info.paged.total * info.block_size * 30 * 2 * 3 * 64 * 4 <= int(env["SWAA_CACHE_BYTES"])  # bounded cache
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
