@@ -123,6 +123,8 @@ class ReplicaRouter:
         self._owner: dict[str, int] = {}
         self._queues: dict[str, asyncio.Queue] = {}
         self._pumps: list[asyncio.Task | None] = [None] * n
+        self._pump_pid: list[int | None] = [None] * n  # the replica process each pump reads from
+        self._rid_pid: dict[str, int | None] = {}  # the replica process each request was sent to
         self._poller: asyncio.Task | None = None
         self._ray = None
 
@@ -181,16 +183,20 @@ class ReplicaRouter:
                 self.restarts[i] += 1
                 log.warning("replica %d restarted (pid %s → %s)", i, self._pid[i], pid)
             self._pid[i], self._load[i] = pid, load
-            if self._pumps[i] is None or self._pumps[i].done():
-                self._pumps[i] = asyncio.create_task(self._pump(i))
+            if self._pumps[i] is None or self._pumps[i].done() or self._pump_pid[i] != pid:
+                if self._pumps[i] is not None and not self._pumps[i].done():
+                    self._pumps[i].cancel()  # still reading the dead process: its end only concerns that process
+                self._pump_pid[i] = pid
+                self._pumps[i] = asyncio.create_task(self._pump(i, pid))
             self.ready[i] = True
         after = sum(self.ready)
         if after != before and self.on_ready_change is not None:
             self.on_ready_change(after)
 
-    async def _pump(self, i: int) -> None:
-        """Replica i's output stream → the waiting requests. When it breaks (the replica died), every request that
-        replica owned ends with ReplicaUnavailableError."""
+    async def _pump(self, i: int, pid: int) -> None:
+        """Replica i's output stream → the waiting requests. When it breaks (the replica process ``pid`` died), every
+        request sent to that process ends with ReplicaUnavailableError; requests sent to its restarted successor
+        are not touched."""
         gen = self.handles[i].outputs.options(num_returns="streaming").remote()
         reason = "its output stream ended"
         try:
@@ -198,17 +204,18 @@ class ReplicaRouter:
                 for item in await ref:
                     rid, payload = (item.request_id, item) if not isinstance(item, tuple) else item
                     q = self._queues.get(rid)
-                    if q is not None and self._owner.get(rid) == i:
+                    if q is not None and self._owner.get(rid) == i and self._rid_pid.get(rid) == pid:
                         q.put_nowait(payload)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             reason = type(e).__name__
         finally:
-            self._mark_down(i)
+            if self._pump_pid[i] == pid:
+                self._mark_down(i)
             err = ReplicaUnavailableError(f"replica {i} is gone ({reason}); retry")
             for rid, owner in list(self._owner.items()):
-                if owner == i and rid in self._queues:
+                if owner == i and self._rid_pid.get(rid) == pid and rid in self._queues:
                     self._queues[rid].put_nowait(err)
 
     def _mark_down(self, i: int) -> None:
@@ -257,7 +264,8 @@ class ReplicaRouter:
         i = self._pick()
         weight = _prompt_weight(prompt)
         q: asyncio.Queue = asyncio.Queue()
-        self._queues[rid], self._owner[rid] = q, i  # before submit: the pump may deliver at once
+        # registered before submit: the pump may deliver at once
+        self._queues[rid], self._owner[rid], self._rid_pid[rid] = q, i, self._pump_pid[i]
         self._work[i] += weight + 1
         queued, finished = True, False  # queued: until the first chunk its prompt counts as outstanding work
         try:
@@ -284,6 +292,7 @@ class ReplicaRouter:
         finally:
             self._queues.pop(rid, None)
             self._owner.pop(rid, None)
+            self._rid_pid.pop(rid, None)
             self._work[i] -= 1 + (weight if queued else 0)
             if not finished and self.ready[i]:  # cancel, deadline, client gone: free the replica's cache now
                 self.handles[i].abort.remote(rid)
