@@ -17,7 +17,7 @@ import uuid
 from typing import AsyncIterator, Protocol
 
 from swaa_engine.engine import LLMEngine, Prompt
-from swaa_engine.outputs import StreamChunk
+from swaa_engine.outputs import StreamChunk, take_ready
 from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,10 @@ class AsyncEngine:
 
     async def _drain(self, rid: str, q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         finished = False
+        pending = None
         try:
             while True:
-                item = await q.get()
+                item, pending = (pending, None) if pending is not None else take_ready(await q.get(), q)
                 if isinstance(item, BaseException):
                     raise item
                 if item.finished:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
+from swaa_engine.outputs import take_ready
 from swaa_engine.sampling_params import InvalidRequestError
 from swaa_server.frontend import EngineSnapshot, ReplicaUnavailableError, ReplicaView, snapshot
 
@@ -275,8 +276,9 @@ class ReplicaRouter:
                 raise self._unwrap(e, i) from None
             for listener in self.listeners:
                 listener.on_accept(rid, prompt, params)
+            pending = None
             while True:
-                item = await q.get()
+                item, pending = (pending, None) if pending is not None else take_ready(await q.get(), q)
                 if isinstance(item, BaseException):
                     raise item
                 if queued:
