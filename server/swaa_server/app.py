@@ -105,12 +105,11 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
     loop = asyncio.get_running_loop()
     draining = False
 
-    def set_health(serving: bool) -> None:
+    def set_health(serving: bool) -> list[asyncio.Task]:
         if draining:  # after SIGTERM the service stays NOT_SERVING
-            return
+            return []
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE):
-            loop.create_task(health_servicer.set(name, status))
+        return [loop.create_task(health_servicer.set(name, status)) for name in ("", SERVICE)]
 
     request_log = RequestLog(sc.log_prompts)
     try:
@@ -137,7 +136,7 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
         raise
     metrics_port = metrics.serve_http(sc.metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
     servicer.engine = front
-    set_health(True)
+    await asyncio.gather(*set_health(True))  # SERVING before anyone is told the server is ready
     snap, views = await front.info()
     log.info("server.serving", model=snap.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
              cache=snap.usage, replicas=len(views) or None)
