@@ -128,6 +128,8 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
         self._seed_rng = random.Random(config.seed)
+        self.steps = 0
+        self.step_seconds = 0.0
 
     def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
         if cc.budget_bytes is not None:
@@ -221,11 +223,12 @@ class LLMEngine:
 
     # -- the step -------------------------------------------------------------------------
     def step(self) -> list[StreamChunk]:
+        t0 = time.monotonic()
         with self._lock:
             out = self.scheduler.schedule()
             if not out:
                 return []
-            now = time.monotonic()
+            now = t0
             chunks = self.runner.order(out.chunks)
             rows = []
             for c in chunks:
@@ -245,6 +248,9 @@ class LLMEngine:
                 if req is None or c.seq.finished:
                     continue  # aborted while the step ran
                 emitted.append(self._accept(req, result.token_ids[i], result.logprobs[i], now))
+            # where a replica's time goes: mean step time = step_seconds / steps (exported per replica)
+            self.steps += 1
+            self.step_seconds += now - t0
             return emitted
 
     def _accept(self, req: _Request, token: int, lp, now: float) -> StreamChunk:

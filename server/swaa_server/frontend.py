@@ -34,6 +34,8 @@ class EngineSnapshot:
     waiting: int
     queued_prompt_tokens: int  # prompt tokens not yet computed, over waiting and running requests
     preemptions: int
+    steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
+    step_seconds: float = 0.0
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -42,7 +44,8 @@ def snapshot(engine) -> EngineSnapshot:
         queued = sum(s.num_uncomputed for s in sched.waiting) + sum(s.num_uncomputed for s in sched.running if s.in_prefill)
         return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                               tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, engine.cache.usage(),
-                              len(sched.running), len(sched.waiting), queued, sched.num_preemptions)
+                              len(sched.running), len(sched.waiting), queued, sched.num_preemptions, engine.steps,
+                              engine.step_seconds)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ class _EngineCollector:
             "total": GaugeMetricFamily("swaa_cache_capacity", "KV pool units (blocks or rings)", labels=names + ["pool"]),
             "pre": CounterMetricFamily("swaa_preemptions", "sequences preempted (recomputed later) for lack of cache",
                                        labels=names),
+            "steps": CounterMetricFamily("swaa_engine_steps", "engine steps that ran a batch", labels=names),
+            "step_s": CounterMetricFamily("swaa_engine_step_seconds", "time spent in those steps (rate / steps rate = "
+                                          "mean step time)", labels=names),
         }
         for extra, snap in loads:
             values = list(self.metrics.labels.values()) + [extra.get(n, "") for n in self.metrics.extra_label_names]
@@ -43,6 +46,8 @@ class _EngineCollector:
                 fams["used"].add_metric(values + [pool], u["used"])
                 fams["total"].add_metric(values + [pool], u["total"])
             fams["pre"].add_metric(values, snap.preemptions)
+            fams["steps"].add_metric(values, snap.steps)
+            fams["step_s"].add_metric(values, snap.step_seconds)
         yield from fams.values()
         if self.metrics.ready is not None:
             g = GaugeMetricFamily("swaa_replicas_ready", "engine replicas answering now", labels=list(self.metrics.labels))

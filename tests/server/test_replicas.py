@@ -79,6 +79,7 @@ def test_requests_spread_over_both_replicas(service):
                      if line.startswith("swaa_requests_total{") and f'replica="{r}"' in line) for r in "01"}
     assert served["0"] >= 1 and served["1"] >= 1, served
     assert "swaa_replicas_ready 2.0" in text and 'swaa_cache_capacity{pool="paged",replica="0"}' in text
+    assert 'swaa_engine_step_seconds_total{replica="1"}' in text  # per-replica step time, for diagnosis
 
 
 def test_stream_cancel_and_abort_through_the_router(service):

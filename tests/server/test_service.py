@@ -148,6 +148,12 @@ def test_health_info_count_and_metrics(server, client):
     count = [l for l in body.splitlines() if l.startswith("swaa_time_to_first_token_seconds_count")][0]
     assert float(count.split()[-1]) >= 1
 
+    def value(name):
+        return float(next(l for l in body.splitlines() if l.startswith(name + " ")).split()[-1])
+
+    # engine step time: 5 tokens need at least 5 steps, and steps take time
+    assert value("swaa_engine_steps_total") >= 5 and value("swaa_engine_step_seconds_total") > 0
+
 
 def test_sdk_retries_unavailable_before_the_first_token():
     """A server that is UNAVAILABLE twice, then answers: generate and stream succeed on attempt 3."""
