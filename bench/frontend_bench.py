@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import socket
 import sys
 import threading
@@ -61,21 +62,56 @@ class StandInEngine:
         return None if st is None else self._final(rid, self.FinishReason.ABORT, st[1] - st[0])
 
 
-def run_server(port: int, step_s: float, coalesce: bool, ready) -> None:
+def stand_in_replica(step_s: float, coalesce: bool):
+    """An EngineReplica whose engine is the stand-in: the Ray path (submit, per-step output objects, router) is real."""
+    import asyncio as aio
+
+    from swaa_engine.async_engine import AsyncEngine
+    from swaa_server.frontend import EngineSnapshot
+    from swaa_server.replicas import EngineReplica
+
+    class StandInReplica(EngineReplica):
+        def __init__(self, config, index):
+            if not coalesce:  # this runs in the actor's own process
+                import swaa_engine.async_engine as ae
+
+                ae.take_ready = lambda first, q: (first, None)
+            self.index, self.engine = index, StandInEngine(step_s)
+            self.front = AsyncEngine(self.engine)
+            self._outbox, self._tasks = None, {}
+
+        async def load(self):
+            await aio.sleep(0)
+            return os.getpid(), EngineSnapshot("stand-in", "llama", 4096, None, (), 16, 8,
+                                               {"paged": {"used": 0, "total": 1}, "ring": {"used": 0, "total": 0}}, 0, 0, 0, 0)
+
+    return StandInReplica
+
+
+def run_server(port: int, step_s: float, coalesce: bool, ready, replicas: int = 0) -> None:
     import grpc
 
     import swaa_engine.async_engine as ae
+    import swaa_server.replicas as rp
     from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
     from swaa_engine.async_engine import AsyncEngine
+    from swaa_engine.config import EngineConfig
     from swaa_server.frontend import LocalFrontend
     from swaa_server.servicer import GenerationServicer
 
     if not coalesce:
-        ae.take_ready = lambda first, q: (first, None)
+        ae.take_ready = rp.take_ready = lambda first, q: (first, None)
 
     async def main():
+        if replicas:
+            rp._check_config = lambda cfg: None  # no model behind the stand-in
+            rp.ReplicaRouter.replica_cls = stand_in_replica(step_s, coalesce)
+            front = await rp.ReplicaRouter.start(EngineConfig(), rp.ReplicaConfig(replicas=replicas, ray_num_cpus=replicas,
+                                                                                  object_store_bytes=100 << 20))
+        else:
+            front = LocalFrontend(AsyncEngine(StandInEngine(step_s)))
         server = grpc.aio.server()
-        pb_grpc.add_GenerationServicer_to_server(GenerationServicer(LocalFrontend(AsyncEngine(StandInEngine(step_s)))), server)
+        pb_grpc.add_GenerationServicer_to_server(GenerationServicer(front), server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         ready.set()
@@ -109,8 +145,15 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=128)
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--step-ms", type=float, default=1.0)
+    p.add_argument("--replicas", type=int, default=0, help="0: in-process engine; N: N Ray actors behind the router")
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    # the stand-in classes must be importable by name in Ray's worker processes (not only as __main__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
+    import frontend_bench as module
+
     ctx = mp.get_context("spawn")
     results = {}
     for coalesce in (False, True):
@@ -118,19 +161,21 @@ def main() -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         ready = ctx.Event()
-        proc = ctx.Process(target=run_server, args=(port, a.step_ms / 1e3, coalesce, ready), daemon=True)
+        proc = ctx.Process(target=module.run_server, args=(port, a.step_ms / 1e3, coalesce, ready, a.replicas))
         proc.start()
-        ready.wait(60)
+        if not ready.wait(120):
+            proc.terminate()
+            raise SystemExit("the server did not start")
         try:
             r = asyncio.run(drive(f"127.0.0.1:{port}", a.streams, a.tokens))
         finally:
             proc.terminate()
             proc.join(10)
-        # the stand-in's own ceiling: one token per running request per step
+        # the stand-in's own ceiling: one token per running request per step (per replica)
         r["engine_ceiling_tok_per_s"] = round(a.streams / (a.step_ms / 1e3))
         results["coalesced" if coalesce else "one token per message"] = r
         print(("coalesced: " if coalesce else "per token: ") + json.dumps(r), flush=True)
-    out = dict(streams=a.streams, tokens=a.tokens, step_ms=a.step_ms, results=results, command="python " + " ".join(sys.argv))
+    out = dict(streams=a.streams, tokens=a.tokens, step_ms=a.step_ms, replicas=a.replicas, results=results, command="python " + " ".join(sys.argv))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

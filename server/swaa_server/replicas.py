@@ -110,6 +110,8 @@ def _prompt_weight(prompt) -> int:
 class ReplicaRouter:
     """A ``frontend.Frontend`` over Ray actors. Use ``await ReplicaRouter.start(...)``."""
 
+    replica_cls = EngineReplica  # what each actor runs (benchmarks put a stand-in engine here)
+
     def __init__(self, rc: ReplicaConfig, listeners=(), on_ready_change=None):
         self.rc = rc
         self.listeners = tuple(listeners)
@@ -156,7 +158,7 @@ class ReplicaRouter:
         gpus = self.rc.gpus_per_replica
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote = ray.remote(EngineReplica)
+        remote = ray.remote(self.replica_cls)
         for i in range(self.rc.replicas):
             # one process per replica; Ray restarts it when it dies, but never retries a task (no duplicate streams)
             cfg = engine_config if gpus or engine_config.num_threads else _with_threads(engine_config, self.rc.cpus_per_replica)
