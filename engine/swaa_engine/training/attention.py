@@ -40,16 +40,20 @@ class _State:
     specs: tuple[LayerSpec, ...]
     batch: PackedBatch
     kernel: str
-    block_masks: dict = field(default_factory=dict)  # per (kind, window, sinks): built once per batch
+    block_masks: dict = field(default_factory=dict)  # per layer kind: built once per batch, shared by its layers
+    dense_masks: dict = field(default_factory=dict)
 
 
 def _sdpa(spec: LayerSpec, st: _State, q, k, v, scaling):
     b = st.batch
     outs = []
     for s, e in b.bounds:
-        pos = b.position_ids[0, s:e]
-        full_rows = b.full_row[s:e] if _FULL_ROWS_APPLY[spec.kind] else None
-        mask = swaa_mask(pos, pos, spec.window, spec.sinks, full_rows)
+        key = (spec.kind, spec.window, spec.sinks, s)
+        if key not in st.dense_masks:
+            pos = b.position_ids[0, s:e]
+            full_rows = b.full_row[s:e] if _FULL_ROWS_APPLY[spec.kind] else None
+            st.dense_masks[key] = swaa_mask(pos, pos, spec.window, spec.sinks, full_rows)
+        mask = st.dense_masks[key]
         outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], attn_mask=mask,
                                                    scale=scaling, enable_gqa=True))
     return torch.cat(outs, dim=2)
