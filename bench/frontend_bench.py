@@ -83,7 +83,7 @@ def stand_in_replica(step_s: float, coalesce: bool):
         async def load(self):
             await aio.sleep(0)
             return os.getpid(), EngineSnapshot("stand-in", "llama", 4096, None, (), 16, 8,
-                                               {"paged": {"used": 0, "total": 1}, "ring": {"used": 0, "total": 0}}, 0, 0, 0, 0)
+                                               {"paged": {"used": 0, "total": 1}, "ring": {"used": 0, "total": 0}}, 0, 0, 0)
 
     return StandInReplica
 

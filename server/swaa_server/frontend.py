@@ -32,7 +32,6 @@ class EngineSnapshot:
     usage: dict  # {"paged": {"used", "total"}, "ring": {...}}
     running: int
     waiting: int
-    queued_prompt_tokens: int  # prompt tokens not yet computed, over waiting and running requests
     preemptions: int
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
@@ -41,10 +40,9 @@ class EngineSnapshot:
 def snapshot(engine) -> EngineSnapshot:
     with engine._lock:
         sched = engine.scheduler
-        queued = sum(s.num_uncomputed for s in sched.waiting) + sum(s.num_uncomputed for s in sched.running if s.in_prefill)
         return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                               tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, engine.cache.usage(),
-                              len(sched.running), len(sched.waiting), queued, sched.num_preemptions, engine.steps,
+                              len(sched.running), len(sched.waiting), sched.num_preemptions, engine.steps,
                               engine.step_seconds)
 
 

@@ -98,6 +98,13 @@ class EngineReplica:
         return os.getpid(), snapshot(self.engine)
 
 
+@dataclass(frozen=True)
+class _Route:
+    replica: int
+    pid: int | None  # the replica process it was sent to: a restarted successor's pump never touches it
+    queue: asyncio.Queue
+
+
 def _prompt_weight(prompt) -> int:
     """Prompt tokens, estimated before tokenization (≈4 characters per token for text)."""
     if isinstance(prompt, str):
@@ -123,11 +130,9 @@ class ReplicaRouter:
         self._pid: list[int | None] = [None] * n
         self._load: list[EngineSnapshot | None] = [None] * n
         self._work = [0] * n  # outstanding work: queued (not yet first-token) prompt tokens + running requests
-        self._owner: dict[str, int] = {}
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._routes: dict[str, _Route] = {}  # in-flight requests: where each went, and where its chunks land
         self._pumps: list[asyncio.Task | None] = [None] * n
         self._pump_pid: list[int | None] = [None] * n  # the replica process each pump reads from
-        self._rid_pid: dict[str, int | None] = {}  # the replica process each request was sent to
         self._poller: asyncio.Task | None = None
         self._ray = None
 
@@ -206,9 +211,9 @@ class ReplicaRouter:
             async for ref in gen:
                 for item in await ref:
                     rid, payload = (item.request_id, item) if not isinstance(item, tuple) else item
-                    q = self._queues.get(rid)
-                    if q is not None and self._owner.get(rid) == i and self._rid_pid.get(rid) == pid:
-                        q.put_nowait(payload)
+                    route = self._routes.get(rid)
+                    if route is not None and (route.replica, route.pid) == (i, pid):
+                        route.queue.put_nowait(payload)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -217,9 +222,9 @@ class ReplicaRouter:
             if self._pump_pid[i] == pid:
                 self._mark_down(i)
             err = ReplicaUnavailableError(f"replica {i} is gone ({reason}); retry")
-            for rid, owner in list(self._owner.items()):
-                if owner == i and self._rid_pid.get(rid) == pid and rid in self._queues:
-                    self._queues[rid].put_nowait(err)
+            for route in list(self._routes.values()):
+                if (route.replica, route.pid) == (i, pid):
+                    route.queue.put_nowait(err)
 
     def _mark_down(self, i: int) -> None:
         before = sum(self.ready)
@@ -248,7 +253,12 @@ class ReplicaRouter:
         return min(live, key=lambda i: (self._work[i], i))
 
     def owner(self, request_id: str) -> int | None:
-        return self._owner.get(request_id)
+        route = self._routes.get(request_id)
+        return None if route is None else route.replica
+
+    def requests_on(self, i: int) -> int:
+        """Requests in flight on replica i."""
+        return sum(r.replica == i for r in self._routes.values())
 
     def _unwrap(self, e: BaseException, i: int) -> BaseException:
         """A Ray error → what the servicer maps: the replica's own exception, or ReplicaUnavailableError."""
@@ -262,13 +272,12 @@ class ReplicaRouter:
 
     async def stream(self, prompt, params=None, request_id=None):
         rid = request_id or uuid.uuid4().hex
-        if rid in self._owner:
+        if rid in self._routes:
             raise InvalidRequestError("request_id", f"{rid!r} is already in use by a running request")
         i = self._pick()
         weight = _prompt_weight(prompt)
         q: asyncio.Queue = asyncio.Queue()
-        # registered before submit: the pump may deliver at once
-        self._queues[rid], self._owner[rid], self._rid_pid[rid] = q, i, self._pump_pid[i]
+        self._routes[rid] = _Route(i, self._pump_pid[i], q)  # registered before submit: the pump may deliver at once
         self._work[i] += weight + 1
         queued, finished = True, False  # queued: until the first chunk its prompt counts as outstanding work
         try:
@@ -294,9 +303,7 @@ class ReplicaRouter:
                 if finished:
                     return
         finally:
-            self._queues.pop(rid, None)
-            self._owner.pop(rid, None)
-            self._rid_pid.pop(rid, None)
+            self._routes.pop(rid, None)
             self._work[i] -= 1 + (weight if queued else 0)
             if not finished and self.ready[i]:  # cancel, deadline, client gone: free the replica's cache now
                 self.handles[i].abort.remote(rid)
@@ -305,7 +312,7 @@ class ReplicaRouter:
         return [c async for c in self.stream(prompt, params, request_id)]
 
     async def abort(self, request_id: str) -> bool:
-        i = self._owner.get(request_id)
+        i = self.owner(request_id)
         if i is None:
             return False
         try:

@@ -159,7 +159,7 @@ def test_replica_loss_under_load(service):
     wait_for(lambda: all(v.load and v.load.running > 0 for v in router.views()), 60, "load on both replicas")
     victim = 0
     restarts = router.restarts[victim]
-    in_flight = sum(1 for i in router._owner.values() if i == victim)
+    in_flight = router.requests_on(victim)
     ray.kill(router.handles[victim], no_restart=False)
     with Client(target, timeout=30) as c:
         assert c.health() == "SERVING"
