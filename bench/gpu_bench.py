@@ -62,8 +62,10 @@ def env_info() -> dict:
         fa4 = version("flash-attn-4")
     except Exception:
         fa4 = None
+    import triton
+
     return dict(card=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
-                transformers=transformers.__version__, flash_attn_4=fa4,
+                transformers=transformers.__version__, flash_attn_4=fa4, triton=triton.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 command="python " + " ".join(sys.argv))
 
@@ -177,13 +179,13 @@ def bench_kernels(ceil: dict) -> list[dict]:
 
 # -- end-to-end ---------------------------------------------------------------------------------
 def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int, chunk: int = 8192, seed: int = 0,
-               device: str = "cuda", backend: str = "flash", hf_config=None) -> dict:
+               device: str = "cuda", backend: str = "flash", hf_config=None, cuda_graphs: bool = True) -> dict:
     from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from swaa_engine.engine import LLMEngine
     from swaa_engine.sampling_params import SamplingParams
 
     cfg = EngineConfig(model=None, swaa=swaa, dtype="bfloat16", device=device, attention_backend=backend,
-                       random_weights=True, max_model_len=max_len,
+                       random_weights=True, max_model_len=max_len, cuda_graphs=cuda_graphs,
                        scheduler=SchedulerConfig(max_num_seqs=max(n, 1), max_num_batched_tokens=chunk, max_waiting=n + 1),
                        cache=CacheConfig(block_size=128, budget_fraction=0.9))
     engine = LLMEngine(cfg, hf_config=hf_config or qwen3_4b_config(max_len))
@@ -192,7 +194,10 @@ def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int,
     prompts = [[rng.randrange(vocab) for _ in range(l_in)] for _ in range(n)]
     params = SamplingParams(max_tokens=l_out, ignore_eos=True)
     # warm-up: JIT-compiles every kernel shape the run will meet, outside the timing
-    engine.add_request(prompts[0][: min(l_in, 3 * chunk)], SamplingParams(max_tokens=4, ignore_eos=True))
+    # Two requests, so steps that mix one's decodes with the other's prefill chunks compile here too
+    # (each kernel configuration compiles on first use, ~2.5 s for flash-attn-4).
+    for _ in range(min(n, 2)):
+        engine.add_request(prompts[0][: min(l_in, 3 * chunk)], SamplingParams(max_tokens=8, ignore_eos=True))
     while engine.has_work():
         engine.step()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -208,11 +213,17 @@ def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int,
     ttft = sorted(c.timings.ttft_s for c in finals)
     tpot = [(c.timings.total_s - c.timings.ttft_s) / (c.usage.completion_tokens - 1) for c in finals]
     usage = engine.cache_usage()
+    graphs = engine.runner.graphs
+    if graphs is not None and graphs.bucket(n) is not None:
+        # the GPU's share of a decode step: the graph replayed alone (the step's last inputs are still in place)
+        replay_ms = 1e3 * cuda_time(graphs._graphs[graphs.bucket(n)].replay, iters=20)
+    else:
+        replay_ms = None
     out = dict(n=n, l_in=l_in, l_out=l_out, duration_s=duration, out_tok_s=n * l_out / duration,
                ttft_mean_s=sum(ttft) / n, ttft_p50_s=ttft[n // 2], ttft_p99_s=ttft[min(n - 1, int(0.99 * n))],
                tpot_mean_ms=1e3 * sum(tpot) / n, preemptions=engine.scheduler.num_preemptions,
                paged_blocks=usage["paged"]["total"], rings=usage["ring"]["total"],
-               weight_bytes=sum(p.numel() * p.element_size() for p in engine.model.parameters()))
+               weight_bytes=sum(p.numel() * p.element_size() for p in engine.model.parameters()), graph_replay_ms=replay_ms)
     del engine
     gc.collect()
     if device == "cuda":
@@ -236,12 +247,14 @@ def bench_paper(lengths: list[int], sizes: dict[int, int], l_out: int, ceil: dic
             rows.append(r)
             print(json.dumps(r), flush=True)
     # batch-1 decode against the bytes roofline: every step reads all weights and the request's KV
-    r = run_engine(SWAAConfig(), 1, 8192, 128, max_len=8192 + 136)
-    kv_bytes = 36 * 2 * HKV * D * 2 * (8192 + 64)
-    r.update(config="FA batch-1 decode", roofline_ms=1e3 * (r["weight_bytes"] + kv_bytes) / (ceil["copy_tbps"] * 1e12))
-    r["ratio_to_roofline"] = r["tpot_mean_ms"] / r["roofline_ms"]
-    rows.append(r)
-    print(json.dumps(r), flush=True)
+    for graphs in (True, False):
+        r = run_engine(SWAAConfig(), 1, 8192, 128, max_len=8192 + 136, cuda_graphs=graphs)
+        kv_bytes = 36 * 2 * HKV * D * 2 * (8192 + 64)
+        r.update(config="FA batch-1 decode" + ("" if graphs else " (eager, no CUDA graphs)"),
+                 roofline_ms=1e3 * (r["weight_bytes"] + kv_bytes) / (ceil["copy_tbps"] * 1e12))
+        r["ratio_to_roofline"] = r["tpot_mean_ms"] / r["roofline_ms"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
     return rows
 
 

@@ -1,6 +1,7 @@
 """Markdown tables and plots from the JSON that bench/gpu_bench.py wrote on the GPU host.
 
-    python bench/gpu_report.py bench/results/gpu_*.json >> bench/RESULTS.md   (plots go to bench/gpu_*.png)
+    python bench/gpu_report.py [--suffix _DATE] bench/results/DATE/gpu_*.json >> bench/RESULTS.md
+    (plots go to bench/gpu_*SUFFIX.png, so an earlier section's plots stay)
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _env(d: dict) -> str:
     e, c = d["env"], d["ceilings"]
     return (f"- card: {e['card']}; torch {e['torch']} (CUDA {e['cuda']}), transformers {e['transformers']}, "
-            f"flash-attn-4 {e['flash_attn_4']}; {e['date']}\n"
+            f"flash-attn-4 {e['flash_attn_4']}" + (f", triton {e['triton']}" if e.get("triton") else "") + f"; {e['date']}\n"
             f"- measured ceilings in the same run: bf16 GEMM 8192³ {c['gemm_tflops']:.0f} TFLOP/s, "
             f"device copy {c['copy_tbps']:.2f} TB/s\n- command: `{e['command']}`\n")
+
+
+SUFFIX = ""
 
 
 def _plot(name: str, draw) -> str:
     import matplotlib
 
+    name = name.replace(".png", f"{SUFFIX}.png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -66,17 +71,23 @@ def paper(ds: list[dict]) -> str:
         out.append(_env(d))
         rows = [r for r in d["rows"] if "speedup_vs_fa" in r]
         rows_all += rows
-        out.append("| config | N × L_in → L_out | TTFT mean / p50 / p99 s | TPOT ms | total s | out tok/s | speedup vs FA | paper (128k) | target |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+        graphs = any(r.get("graph_replay_ms") for r in rows)
+        out.append("| config | N × L_in → L_out | TTFT mean / p50 / p99 s | TPOT ms |" + (" decode graph ms |" if graphs else "")
+                   + " total s | out tok/s | speedup vs FA | paper (128k) | target |")
+        out.append("|---|---|---|---|" + ("---|" if graphs else "") + "---|---|---|---|---|")
         for r in rows:
+            g = f" {r['graph_replay_ms']:.1f} |" if graphs else ""
             out.append(f"| {r['config']} | {r['n']} × {r['l_in']:,} → {r['l_out']} | {r['ttft_mean_s']:.2f} / {r['ttft_p50_s']:.2f} / "
-                       f"{r['ttft_p99_s']:.2f} | {r['tpot_mean_ms']:.1f} | {r['duration_s']:.1f} | {r['out_tok_s']:.1f} | "
+                       f"{r['ttft_p99_s']:.2f} | {r['tpot_mean_ms']:.1f} |{g} {r['duration_s']:.1f} | {r['out_tok_s']:.1f} | "
                        f"{r['speedup_vs_fa']:.2f}× | {r.get('paper_speedup', '–')} | {r.get('target_speedup', '–')} |")
         for r in d["rows"]:
             if "roofline_ms" in r:
-                out.append(f"\nBatch-1 decode ({r['l_in']:,}-token context, FA): TPOT {r['tpot_mean_ms']:.1f} ms against a "
+                out.append(f"\n{r['config']} ({r['l_in']:,}-token context): TPOT {r['tpot_mean_ms']:.1f} ms against a "
                            f"bytes roofline of {r['roofline_ms']:.2f} ms (weights + KV at the copy rate): "
-                           f"{r['ratio_to_roofline']:.1f}× (target ≤ 1.25×).")
+                           f"{r['ratio_to_roofline']:.1f}× (target ≤ 1.25×)."
+                           + (f" The decode graph replayed alone takes {r['graph_replay_ms']:.2f} ms "
+                              f"({r['graph_replay_ms'] / r['roofline_ms']:.2f}× the roofline); the rest of the step is host work."
+                              if r.get("graph_replay_ms") else ""))
         out.append("")
 
     def draw(ax):
@@ -125,6 +136,9 @@ def peer(d: dict) -> str:
 
 
 def main(paths: list[str]) -> int:
+    global SUFFIX
+    if paths[:1] == ["--suffix"]:
+        SUFFIX, paths = paths[1], paths[2:]
     data = {p: json.load(open(p)) for p in paths}
     by = lambda key: [d for p, d in sorted(data.items()) if os.path.basename(p).startswith(key)]  # noqa: E731
     parts = []

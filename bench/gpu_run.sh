@@ -10,7 +10,9 @@ what=${1:-all}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_card.txt"
 rc=0
 if [[ $what == all || $what == tests ]]; then
-  python -m pytest -m gpu -q -p no:cacheprovider tests/gpu tests/engine/test_attention_backend.py 2>&1 | tee "$OUT/gpu_tests.log"
+  # the GPU suite, plus the Triton kernel checks compiled for the card (on CPU they run interpreted)
+  python -m pytest -q -p no:cacheprovider tests/gpu tests/engine/test_triton_kernels.py \
+    tests/engine/test_attention_backend.py -m "gpu or triton" 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
 fi
 if [[ $what == all || $what == bench ]]; then

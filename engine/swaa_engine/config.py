@@ -65,6 +65,7 @@ class EngineConfig:
     seed: int = 0
     num_threads: int | None = None  # CPU intra-op threads; None keeps torch's default
     lora: str | None = None  # a peft adapter folder (``swaa finetune``), merged into the weights at load
+    cuda_graphs: bool = True  # replay decode steps as CUDA graphs on CUDA (bucketed batch sizes); ignored elsewhere
 
     def __post_init__(self) -> None:
         _require(isinstance(self.swaa, SWAAConfig), "swaa", "must be a SWAAConfig")

@@ -14,6 +14,7 @@ import torch
 
 from swaa_engine.attention.base import CacheGeometry, create_backend
 from swaa_engine.config import CacheConfig, ConfigError, EngineConfig
+from swaa_engine.cuda_graphs import DecodeGraphs
 from swaa_engine.detokenizer import IncrementalDetokenizer
 from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
 from swaa_engine.kv_cache.storage import allocate_kv
@@ -124,12 +125,22 @@ class LLMEngine:
             num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
         )
         self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device, fa_tail=config.swaa.fa_tail)
+        if config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
+            self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
         self._seed_rng = random.Random(config.seed)
         self.steps = 0
         self.step_seconds = 0.0
+
+    def decode_graphs(self) -> DecodeGraphs:
+        """Decode graphs over this engine's model and caches (captured by ``runner.use_graphs``)."""
+        kinds = {s.cache_kind for s in self.specs}
+        return DecodeGraphs(self.model, self.backend, self.runner.caches, self.specs, self.backend.geometry,
+                            max_batch=self.config.scheduler.max_num_seqs, max_model_len=self.max_model_len,
+                            scratch_block=self.pool_plan.num_blocks if CacheKind.PAGED in kinds else None,
+                            scratch_ring=self.pool_plan.num_rings if CacheKind.RING in kinds else None)
 
     def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
         if cc.budget_bytes is not None:
@@ -292,6 +303,39 @@ class LLMEngine:
             total_s=now - req.arrival,
         )
         return chunk
+
+    # -- start-up -------------------------------------------------------------------------
+    def warmup(self, force: bool = False) -> dict[str, float]:
+        """Run every kind of step once on throwaway requests before serving: prefill chunks, chunks mixed
+        with decodes, and decodes. On CUDA each kernel configuration compiles on first use (flash-attn-4
+        and Triton, seconds each); measured on an H200, a configuration met first under load stalled
+        every running stream for ~2.5 s. Elsewhere nothing compiles, so it returns at once unless
+        ``force``. Needs an idle engine; returns the steps run by kind and the seconds spent."""
+        if self.device.type != "cuda" and not force:
+            return {}
+        t0 = time.monotonic()
+        with self._lock:
+            if self.scheduler.has_work():
+                raise RuntimeError("warmup needs an idle engine")
+        before = dict(self.runner.step_kinds)
+        chunk = self.config.scheduler.max_num_batched_tokens
+        new = 4
+        # two chunks and a bit per request: the second request's chunks then run beside the first's decodes
+        n = max(1, min(2 * chunk + 1, self.max_model_len - new - 1))
+        ids = [i % self.dims.vocab_size for i in range(n)]
+        params = SamplingParams(max_tokens=new, ignore_eos=True)
+        warm = [self.add_request(ids, params, request_id=f"warmup-{i}-{uuid.uuid4().hex}")
+                for i in range(min(2, self.config.scheduler.max_num_seqs, self.config.scheduler.max_waiting))]
+        try:
+            while self.has_work():
+                self.step()
+        finally:
+            for rid in warm:
+                self.abort(rid)
+        self.steps, self.step_seconds = 0, 0.0  # the step counters describe serving
+        out = {k: float(v - before[k]) for k, v in self.runner.step_kinds.items()}
+        out["seconds"] = time.monotonic() - t0
+        return out
 
     # -- scoring (evaluation) -------------------------------------------------------------
     @torch.inference_mode()

@@ -16,6 +16,13 @@ class ModelRunner:
                  caches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, fa_tail: int = 0):
         self.model, self.specs, self.backend, self.caches, self.device = model, specs, backend, caches, device
         self.fa_tail = fa_tail
+        self.graphs = None  # a DecodeGraphs when decode steps replay CUDA graphs
+        # steps run, by kind: prefill (chunks only), mixed (decodes and chunks), decode, graph (decodes replayed)
+        self.step_kinds = {"prefill": 0, "mixed": 0, "decode": 0, "graph": 0}
+
+    def use_graphs(self, graphs) -> None:
+        graphs.capture()
+        self.graphs = graphs
 
     @staticmethod
     def order(chunks: list[Chunk]) -> list[Chunk]:
@@ -43,6 +50,14 @@ class ModelRunner:
 
     def execute(self, chunks: list[Chunk], rows: list[SampleRow]) -> SampleResult | None:
         """Run ``chunks`` (already in :meth:`order`) and sample for those whose ``samples`` is set, in order."""
+        g = self.graphs
+        decodes = sum(c.is_decode for c in chunks)
+        if g is not None and len(chunks) <= g.max_batch and decodes == len(chunks) and all(c.samples for c in chunks):
+            self.step_kinds["graph"] += 1
+            logits = g.run([c.seq.token_ids[c.start] for c in chunks], [c.start for c in chunks],
+                           [c.seq.block_table for c in chunks], [c.seq.ring for c in chunks])
+            return sample(logits, rows)
+        self.step_kinds["decode" if decodes == len(chunks) else "mixed" if decodes else "prefill"] += 1
         last, t = [], 0
         for c in chunks:
             t += c.num_tokens

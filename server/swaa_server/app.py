@@ -128,6 +128,9 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
         else:
             if engine is None:
                 engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+            warm = await loop.run_in_executor(None, engine.warmup)  # kernels compile now, not under load
+            if warm:
+                log.info("engine.warmup", **warm)
             metrics = Metrics()
             front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log)))
             metrics.watch(front.loads)

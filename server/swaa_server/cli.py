@@ -45,6 +45,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (wins over --cache-fraction)")
     p.add_argument("--cache-fraction", type=float, default=0.5, help="KV cache budget as a fraction of free device memory")
     p.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
     add_swaa_args(p)
 
 
@@ -61,6 +62,7 @@ def engine_config_from_args(args):
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
         cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction),
         lora=args.lora,
+        cuda_graphs=not args.no_cuda_graphs,
     )
 
 

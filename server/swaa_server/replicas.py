@@ -55,6 +55,7 @@ class EngineReplica:
 
         self.index = index
         self.engine = LLMEngine(config)
+        self.engine.warmup()  # kernels compile before the replica reports ready
         self.front = AsyncEngine(self.engine)
         self._outbox: asyncio.Queue | None = None
         self._tasks: dict[str, asyncio.Task] = {}

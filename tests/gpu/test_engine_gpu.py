@@ -1,7 +1,7 @@
 """GPU: engine greedy decoding with the `flash` and the `torch` backend on a random Qwen3-style model
 (head_dim 128, bf16) for the six canonical configs, each checked token by token against the slow
-reference (transformers with an explicit SWAA mask, float32 activations, the same bf16-rounded weights);
-cache accounting after aborts.
+reference (transformers with an explicit SWAA mask, float32 activations, the same bf16-rounded weights),
+with decode steps replayed as CUDA graphs and (flash) run eagerly; cache accounting after aborts.
 
 bf16 activations make exact agreement between two kernels a matter of luck where two logits tie, so a
 token may differ from the reference's argmax only by a near-tie (margin below TIE); a masking or cache
@@ -56,12 +56,13 @@ def prompts():
     return [[rng.randrange(1024) for _ in range(n)] for n in (700, 130, 333, 9)]
 
 
-def _run(folder, swaa, backend, prompts, block_size=128):
+def _run(folder, swaa, backend, prompts, block_size=128, graphs=True):
     llm = LLM(folder, swaa=swaa, dtype="bfloat16", device="cuda", attention_backend=backend,
               cache=CacheConfig(block_size=block_size, budget_bytes=256 << 20),
-              scheduler=SchedulerConfig(max_num_batched_tokens=256))
+              scheduler=SchedulerConfig(max_num_batched_tokens=256), cuda_graphs=graphs)
     outs = llm.generate(prompts, SamplingParams(max_tokens=100, ignore_eos=True))
     assert llm.engine.backend.name == backend
+    assert (llm.engine.runner.graphs is not None) == graphs
     return [o.token_ids for o in outs]
 
 
@@ -70,7 +71,8 @@ def test_flash_and_torch_follow_the_reference(folder, prompts, hf, name):
     from swaa_engine.reference import SWAAReference
 
     ref = SWAAReference(hf, CONFIGS[name])
-    runs = {b: _run(folder, CONFIGS[name], b, prompts) for b in ("flash", "torch")}
+    runs = {b: _run(folder, CONFIGS[name], b, prompts) for b in ("flash", "torch")}  # decodes replay CUDA graphs
+    runs["flash-eager"] = _run(folder, CONFIGS[name], "flash", prompts, graphs=False)
     stats = {}
     for backend, outs in runs.items():
         m = [x for p, gen in zip(prompts, outs) for x in margins(ref, p, gen)]

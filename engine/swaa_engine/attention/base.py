@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from swaa_engine.attention.ops import DecodeKernel, DecodeTables
 from swaa_engine.swaa import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class AttentionBackend(ABC):
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
         self.device = device
+        self.decode_kernel = DecodeKernel(num_heads, head_dim, device)
 
     @classmethod
     def supports(cls, device: torch.device) -> bool:
@@ -130,8 +132,40 @@ class AttentionBackend(ABC):
                 v.view(T, self.num_kv_heads, self.head_dim), kc.view(-1, self.num_kv_heads, self.head_dim),
                 vc.view(-1, self.num_kv_heads, self.head_dim))
 
+    def decode_tables(self, layout: StepLayout) -> tuple[DecodeTables | None, DecodeTables | None]:
+        """(paged, ring) tables of the step's decodes; a ring is one page of ``sinks + window`` slots."""
+        decodes = layout.entries[: layout.num_decodes]
+        if not decodes:
+            return None, None
+        dev, g, hk = self.device, self.geometry, self.num_kv_heads
+        paged = ring = None
+        if any(e.block_table for e in layout.entries):
+            width = max(1, max(len(e.block_table) for e in decodes))
+            table = torch.tensor([list(e.block_table) + [0] * (width - len(e.block_table)) for e in decodes], dtype=torch.int32)
+            n = max(e.end for e in decodes)
+            paged = DecodeTables(table.to(dev), torch.tensor([e.end for e in decodes], dtype=torch.int32).to(dev),
+                                 g.block_size, n, self.decode_kernel.splits(len(decodes), hk, n))
+        if any(e.ring is not None for e in layout.entries):
+            R = g.ring_slots
+            n = min(R, max(e.end for e in decodes))
+            ring = DecodeTables(torch.tensor([[e.ring] for e in decodes], dtype=torch.int32).to(dev),
+                                torch.tensor([min(e.end, R) for e in decodes], dtype=torch.int32).to(dev),
+                                R, n, self.decode_kernel.splits(len(decodes), hk, n))
+        return paged, ring
+
+    def decode(self, tables: DecodeTables, q, kflat, vflat, out) -> None:
+        """The first ``B`` rows of ``q`` against their caches, into the first ``B`` rows of ``out``."""
+        B = tables.lens.shape[0]
+        self.decode_kernel(q[:B], kflat, vflat, tables, self.scale, out[:B])
+
     @abstractmethod
     def prepare(self, layout: StepLayout) -> Any: ...
+
+    @abstractmethod
+    def decode_only_meta(self, num: int, paged_write, ring_write_tok, ring_write_slot,
+                         paged: DecodeTables | None, ring: DecodeTables | None) -> Any:
+        """Metadata of a step made of ``num`` decodes only, from tensors the caller owns (CUDA graphs
+        replay it with new contents in the same tensors)."""
 
     @abstractmethod
     def forward(

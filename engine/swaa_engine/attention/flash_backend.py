@@ -1,15 +1,16 @@
 """flash-attn-4 (``flash_attn.cute``) attention on CUDA.
 
-Every path is one varlen kernel call over the whole step:
-- decodes on paged layers: page table + ``seqused_k``, causal (a lone query sees all its keys);
-- decodes on ring layers: the ring is one page of ``sinks + window`` slots, every valid slot
-  visible, no mask (keys carry RoPE already, so slot order does not matter);
+Every path is one kernel call over the whole step:
+- decodes (paged layers: page table + lengths; ring layers: the ring as one page of ``sinks +
+  window`` slots, every valid slot visible, keys carry RoPE so slot order does not matter) go to
+  the shared split-KV decode kernel (``ops``): flash-attn-4 refuses split-KV on SM 9.0, and the
+  kernel's fixed grid lets CUDA graphs capture decode steps;
 - prefill chunks on full layers: page table, causal;
 - prefill chunks on sliding layers: a window-causal call (``window_size=(W-1, 0)``) returning its
   LSE, plus the sinks that fell out of the window (key j < k with j <= i - W) computed against
-  at most k keys per sequence and merged by LSE. Paged fa_decode layers read the window from
-  the page table; ring layers read it from a packed copy of the ring's last W-1 keys and the
-  chunk's own keys. Generated tokens inside a prefill chunk (recompute after preemption) of an
+  at most k keys per sequence and merged by LSE in one fused pass (``ops.merge_sinks``). Paged
+  fa_decode layers read the window from the page table; ring layers read it from a packed copy
+  of the ring's last W-1 keys and the chunk's own keys. Generated tokens inside a prefill chunk (recompute after preemption) of an
   fa_decode layer take a separate full causal call.
 """
 
@@ -21,7 +22,9 @@ import torch
 
 from flash_attn.cute import flash_attn_varlen_func  # ImportError on machines without it: "auto" skips us
 
+from swaa_engine.attention import ops
 from swaa_engine.attention.base import AttentionBackend, StepLayout, cache_writes
+from swaa_engine.attention.ops import DecodeTables
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.swaa import AttentionKind
 
@@ -45,7 +48,7 @@ class _Sinks:
     """Sinks outside the window for the windowed query rows of one chunk."""
 
     rows: slice  # rows of the packed step (consecutive: one chunk)
-    q_pos: torch.Tensor  # [n] positions
+    q_pos: torch.Tensor  # [n] int32 positions
     paged_idx: torch.Tensor | None  # [k'] flat paged slots of positions 0..k'-1
     ring_idx: torch.Tensor | None  # [k'] flat ring slots of positions 0..k'-1
 
@@ -56,8 +59,8 @@ class FlashMeta:
     paged_write: torch.Tensor | None
     ring_write_tok: torch.Tensor | None
     ring_write_slot: torch.Tensor | None
-    dec_paged: _Call | None = None
-    dec_ring: _Call | None = None
+    dec_paged: DecodeTables | None = None
+    dec_ring: DecodeTables | None = None
     pf_full: _Call | None = None  # full layers: every prefill row, causal
     pf_window_paged: _Call | None = None  # fa_decode layers: prompt rows, window-causal
     pf_gen_paged: _Call | None = None  # fa_decode layers: generated rows inside prefill chunks, causal
@@ -117,16 +120,7 @@ class FlashBackend(AttentionBackend):
         )
 
         D = layout.num_decodes
-        decodes = layout.entries[:D]
-        if decodes:
-            rows = torch.arange(D, device=dev)
-            cu = _i32(list(range(D + 1)), dev)
-            if has_paged:
-                meta.dec_paged = _Call(rows, cu, 1, page_table=_table([e.block_table for e in decodes], dev),
-                                       seqused_k=_i32([e.end for e in decodes], dev), contiguous=slice(0, D))
-            if has_ring:
-                meta.dec_ring = _Call(rows, cu, 1, page_table=_i32([[e.ring] for e in decodes], dev),
-                                      seqused_k=_i32([min(e.end, R) for e in decodes], dev), contiguous=slice(0, D))
+        meta.dec_paged, meta.dec_ring = self.decode_tables(layout)
 
         prefills = layout.entries[D:]
         if not prefills:
@@ -186,12 +180,12 @@ class FlashBackend(AttentionBackend):
                     hi = min(e.end, max(e.full_start, e.start))  # windowed rows of fa_decode layers
                     if hi > lo:
                         k_ = min(S, hi)
-                        meta.sinks_paged.append(_Sinks(slice(r0 + lo - e.start, r0 + hi - e.start), _i64(list(range(lo, hi)), dev),
+                        meta.sinks_paged.append(_Sinks(slice(r0 + lo - e.start, r0 + hi - e.start), _i32(list(range(lo, hi)), dev),
                                                        _i64([e.block_table[p // bs] * bs + p % bs for p in range(k_)], dev), None))
                 if has_ring and e.end > lo:
                     k_ = min(S, e.end)
                     meta.sinks_ring.append(_Sinks(slice(r0 + lo - e.start, r0 + e.end - e.start),
-                                                  _i64(list(range(lo, e.end)), dev), None,
+                                                  _i32(list(range(lo, e.end)), dev), None,
                                                   _i64([e.ring * R + p for p in range(k_)], dev)))
         return meta
 
@@ -220,24 +214,13 @@ class FlashBackend(AttentionBackend):
                 lse_out.index_copy_(0, call.rows, lse.transpose(0, 1).contiguous())
 
     def _merge_sinks(self, sinks: list[_Sinks], q, kflat, vflat, out, lse, ring: bool):
-        """Adds the sinks outside the window to windowed rows: softmax over (window ∪ sinks) by LSE merge."""
-        W, H, Hk, d = self.geometry.window, self.num_heads, self.num_kv_heads, self.head_dim
         for s in sinks:
-            idx = s.ring_idx if ring else s.paged_idx
-            ks, vs = kflat.index_select(0, idx).float(), vflat.index_select(0, idx).float()  # [k', Hk, d]
-            qs = q[s.rows].float().view(-1, Hk, H // Hk, d)  # [n, Hk, g, d]
-            scores = torch.einsum("nhgd,khd->nhgk", qs, ks) * self.scale
-            j = torch.arange(idx.shape[0], device=q.device)
-            visible = (j[None, :] <= (s.q_pos[:, None] - W))[:, None, None, :]
-            scores = scores.masked_fill(~visible, float("-inf"))
-            lse_s = torch.logsumexp(scores, dim=-1)  # [n, Hk, g]; -inf where no sink is outside the window
-            p = torch.exp(scores - torch.where(torch.isinf(lse_s), 0.0, lse_s)[..., None])
-            o_s = torch.einsum("nhgk,khd->nhgd", p, vs).reshape(-1, H, d)
-            lse_s = lse_s.reshape(-1, H)
-            lse_w = lse[s.rows]
-            total = torch.logaddexp(lse_w, lse_s)
-            w_w, w_s = torch.exp(lse_w - total)[..., None], torch.exp(lse_s - total)[..., None]
-            out[s.rows] = (out[s.rows].float() * w_w + o_s * w_s).to(out.dtype)
+            ops.merge_sinks(q[s.rows], out[s.rows], lse[s.rows], kflat, vflat, s.ring_idx if ring else s.paged_idx,
+                            s.q_pos, self.geometry.window, self.scale)
+
+    def decode_only_meta(self, num, paged_write, ring_write_tok, ring_write_slot, paged, ring) -> FlashMeta:
+        return FlashMeta(num_decodes=num, paged_write=paged_write, ring_write_tok=ring_write_tok,
+                         ring_write_slot=ring_write_slot, dec_paged=paged, dec_ring=ring)
 
     def forward(self, spec, q, k, v, cache, meta: FlashMeta):
         kc, vc = cache
@@ -254,7 +237,7 @@ class FlashBackend(AttentionBackend):
             kflat.index_copy_(0, meta.ring_write_slot, k.index_select(0, meta.ring_write_tok))
             vflat.index_copy_(0, meta.ring_write_slot, v.index_select(0, meta.ring_write_tok))
             if meta.dec_ring is not None:
-                self._run(meta.dec_ring, q, kc, vc, out, causal=False, window=None)
+                self.decode(meta.dec_ring, q, kflat, vflat, out)
             if meta.pf_ring is not None:
                 lse = torch.empty(T, self.num_heads, dtype=torch.float32, device=q.device) if meta.sinks_ring else None
                 self._run(meta.pf_ring, q, src_k.index_select(0, meta.ring_pack_idx), src_v.index_select(0, meta.ring_pack_idx),
@@ -265,7 +248,7 @@ class FlashBackend(AttentionBackend):
             kflat.index_copy_(0, meta.paged_write, k)
             vflat.index_copy_(0, meta.paged_write, v)
             if meta.dec_paged is not None:  # decodes: full for full layers and, under fa_decode, for sliding ones
-                self._run(meta.dec_paged, q, kc, vc, out, causal=True, window=None)
+                self.decode(meta.dec_paged, q, kflat, vflat, out)
             if kind is AttentionKind.FULL or self.geometry.window is None:
                 if meta.pf_full is not None:
                     self._run(meta.pf_full, q, kc, vc, out, causal=True, window=None)

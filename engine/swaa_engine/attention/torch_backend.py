@@ -1,8 +1,8 @@
 """Reference-grade attention on plain PyTorch: SDPA with explicit masks (runs on any device).
 
-Decodes are batched: paged layers gather each sequence's keys through its block table (padded to
-the longest, masked by length); ring layers read every slot of the sequence's ring, masked to the
-slots written so far. Prefill chunks run one sequence at a time with an explicit SWAA mask.
+Decodes are batched through the shared decode op (``ops``: on CPU a gather through the block table
+or ring padded to the longest and masked by length; on CUDA the split-KV Triton kernel). Prefill
+chunks run one sequence at a time with an explicit SWAA mask.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from swaa_engine.attention.base import AttentionBackend, StepLayout, cache_writes
 from swaa_engine.attention.masks import swaa_mask
+from swaa_engine.attention.ops import DecodeTables
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.swaa import AttentionKind
 
@@ -33,10 +34,8 @@ class TorchMeta:
     paged_write: torch.Tensor | None  # [T] flat paged slot per token
     ring_write_tok: torch.Tensor | None  # tokens whose keys survive in the ring after this step
     ring_write_slot: torch.Tensor | None
-    dec_paged_idx: torch.Tensor | None = None  # [D, Lmax]
-    dec_paged_mask: torch.Tensor | None = None  # [D, 1, 1, Lmax]
-    dec_ring_ids: torch.Tensor | None = None  # [D]
-    dec_ring_mask: torch.Tensor | None = None  # [D, 1, 1, R]
+    dec_paged: DecodeTables | None = None
+    dec_ring: DecodeTables | None = None
     prefills: list[_Prefill] = field(default_factory=list)
 
 
@@ -61,21 +60,7 @@ class TorchBackend(AttentionBackend):
         )
 
         decodes = layout.entries[: layout.num_decodes]
-        if decodes:
-            lens = [e.end for e in decodes]
-            if has_paged:
-                lmax = max(lens)
-                pos = torch.arange(lmax)
-                tables = [list(e.block_table) + [0] * (-(-lmax // bs) - len(e.block_table)) for e in decodes]
-                tab = torch.tensor(tables, dtype=torch.long)
-                meta.dec_paged_idx = (tab[:, pos // bs] * bs + pos % bs).to(dev)
-                meta.dec_paged_mask = (pos[None, :] < torch.tensor(lens)[:, None]).to(dev)[:, None, None, :]
-            if has_ring:
-                meta.dec_ring_ids = as_long([e.ring for e in decodes])
-                # Slots fill in order 0, 1, … until the ring wraps, so after n positions
-                # exactly slots [0, min(n, R)) hold keys, and those are the sinks and the window.
-                valid = torch.arange(R)[None, :] < torch.tensor(lens)[:, None]
-                meta.dec_ring_mask = valid.to(dev)[:, None, None, :]
+        meta.dec_paged, meta.dec_ring = self.decode_tables(layout)
 
         t = sum(e.num_tokens for e in decodes)
         for e in layout.entries[layout.num_decodes :]:
@@ -98,12 +83,14 @@ class TorchBackend(AttentionBackend):
             t += e.num_tokens
         return meta
 
+    def decode_only_meta(self, num, paged_write, ring_write_tok, ring_write_slot, paged, ring) -> TorchMeta:
+        return TorchMeta(num_decodes=num, paged_write=paged_write, ring_write_tok=ring_write_tok,
+                         ring_write_slot=ring_write_slot, dec_paged=paged, dec_ring=ring)
+
     def forward(self, spec, q, k, v, cache, meta: TorchMeta):
-        kc, vc = cache
         T = q.shape[0]
         q, k, v, kflat, vflat = self.heads(q, k, v, cache)
         out = torch.empty_like(q)
-        D = meta.num_decodes
         ring = spec.kind is AttentionKind.SLIDING_RING
 
         if ring:
@@ -115,21 +102,9 @@ class TorchBackend(AttentionBackend):
             kflat.index_copy_(0, meta.paged_write, k)
             vflat.index_copy_(0, meta.paged_write, v)
 
-        if D:
-            qd = q[:D].unsqueeze(2)  # [D, H, 1, d]
-            if ring:
-                ids, cache_k, cache_v, mask = meta.dec_ring_ids, kc, vc, meta.dec_ring_mask
-                shape = (D, -1, self.num_kv_heads, self.head_dim)
-            else:
-                ids, cache_k, cache_v, mask = meta.dec_paged_idx.view(-1), kflat, vflat, meta.dec_paged_mask
-                shape = (D, meta.dec_paged_idx.shape[1], self.num_kv_heads, self.head_dim)
-            # index_select on dim 0 is several times faster than advanced indexing on the CPU
-            kd = cache_k.index_select(0, ids).view(shape)
-            vd = cache_v.index_select(0, ids).view(shape)
-            o = F.scaled_dot_product_attention(
-                qd, kd.transpose(1, 2), vd.transpose(1, 2), attn_mask=mask, scale=self.scale, enable_gqa=True
-            )
-            out[:D] = o.squeeze(2)
+        dec = meta.dec_ring if ring else meta.dec_paged
+        if dec is not None:
+            self.decode(dec, q, kflat, vflat, out)
 
         for i, p in enumerate(meta.prefills):
             qp = q[p.tok]
