@@ -42,6 +42,7 @@ class DecodeKernel:
         self.triton = uses_triton(device) and head_dim >= 16 and head_dim & (head_dim - 1) == 0
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if self.triton else 1
         self._ws = None
+        self._retired: list = []
 
     def splits(self, batch: int, num_kv_heads: int, max_len: int) -> int:
         if not self.triton:
@@ -59,6 +60,9 @@ class DecodeKernel:
         if ws is None or ws.max_batch < batch or ws.max_splits < splits:
             b = max(batch, ws.max_batch if ws else 0)
             s = max(splits, ws.max_splits if ws else 0)
+            if ws is not None:
+                # captured CUDA graphs hold this workspace's addresses: it must outlive the switch
+                self._retired.append(ws)
             self._ws = DecodeWorkspace(b, self.num_heads, self.head_dim, s, self.device)
 
     def __call__(self, q, k_flat, v_flat, t: DecodeTables, scale: float, out: torch.Tensor) -> None:
