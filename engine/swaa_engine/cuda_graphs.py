@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from swaa_engine.attention.base import AttentionBackend, CacheGeometry
-from swaa_engine.attention.ops import DecodeTables
+from swaa_engine.attention.ops import DecodeTables, block_tables as padded_tables
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.models.llama import AttentionContext, LlamaFamilyModel
 from swaa_engine.swaa import LayerSpec
@@ -164,9 +164,8 @@ class DecodeGraphs:
             bs = g.block_size
             slots = [t[p // bs] * bs + p % bs for t, p in zip(block_tables, positions)] + [self.scratch_paged] * pad
             lens = [p + 1 for p in positions] + zeros
-            width = max(len(t) for t in block_tables)
-            table = torch.tensor([list(t) + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32)
-            s.paged_table[:n, :width].copy_(table, non_blocking=True)
+            table = padded_tables(block_tables)
+            s.paged_table[:n, : table.shape[1]].copy_(table, non_blocking=True)
         if s.ring_table is not None:
             R, S, W = g.ring_slots, g.sinks, g.window
             rslots = [r * R + ring_slot(p, S, W) for r, p in zip(rings, positions)] + [self.scratch_ring] * pad

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from swaa_engine.attention.ops import DecodeKernel, DecodeTables
+from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
 from swaa_engine.swaa import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,8 @@ class AttentionBackend(ABC):
         dev, g, hk = self.device, self.geometry, self.num_kv_heads
         paged = ring = None
         if any(e.block_table for e in layout.entries):
-            width = max(1, max(len(e.block_table) for e in decodes))
-            table = torch.tensor([list(e.block_table) + [0] * (width - len(e.block_table)) for e in decodes], dtype=torch.int32)
             n = max(e.end for e in decodes)
-            paged = DecodeTables(table.to(dev), torch.tensor([e.end for e in decodes], dtype=torch.int32).to(dev),
+            paged = DecodeTables(block_tables([e.block_table for e in decodes], dev), torch.tensor([e.end for e in decodes], dtype=torch.int32).to(dev),
                                  g.block_size, n, self.decode_kernel.splits(len(decodes), hk, n))
         if any(e.ring is not None for e in layout.entries):
             R = g.ring_slots

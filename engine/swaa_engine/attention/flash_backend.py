@@ -92,11 +92,6 @@ def _as_slice(rows: list[int]) -> slice | None:
     return None
 
 
-def _table(tables: list[tuple[int, ...]], dev) -> torch.Tensor:
-    width = max(1, max(len(t) for t in tables))
-    return _i32([list(t) + [0] * (width - len(t)) for t in tables], dev)
-
-
 class FlashBackend(AttentionBackend):
     name = "flash"
 
@@ -132,7 +127,7 @@ class FlashBackend(AttentionBackend):
         all_rows = list(range(D, t))
         if has_paged:
             meta.pf_full = _Call(_i64(all_rows, dev), _cu([e.num_tokens for e in prefills], dev),
-                                 max(e.num_tokens for e in prefills), page_table=_table([e.block_table for e in prefills], dev),
+                                 max(e.num_tokens for e in prefills), page_table=ops.block_tables([e.block_table for e in prefills], dev),
                                  seqused_k=_i32([e.end for e in prefills], dev), contiguous=slice(D, t))
         if W is None:
             return meta
@@ -151,7 +146,7 @@ class FlashBackend(AttentionBackend):
             for acc, name in ((win, "pf_window_paged"), (gen, "pf_gen_paged")):
                 if acc[0]:
                     setattr(meta, name, _Call(_i64(acc[0], dev), _cu(acc[1], dev), max(acc[1]),
-                                              page_table=_table(acc[2], dev), seqused_k=_i32(acc[3], dev),
+                                              page_table=ops.block_tables(acc[2], dev), seqused_k=_i32(acc[3], dev),
                                               contiguous=_as_slice(acc[0])))
         if has_ring:  # packed keys per chunk: the ring's positions [start-W+1, start) then the chunk's own
             ctx_idx, k_lens = [], []

@@ -6,6 +6,7 @@ kernels, checked against them and against float64.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,14 @@ class DecodeTables:
     num_splits: int = 1
 
 
+def block_tables(tables, device=None) -> torch.Tensor:
+    """``[len(tables), longest]`` int32, each row a sequence's block table padded with block 0 (never read
+    past the sequence's length)."""
+    width = max(1, max(len(t) for t in tables))
+    return torch.tensor([list(t) + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
+
+
+@functools.cache  # asked on every sink merge: the answer cannot change within a process
 def uses_triton(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
