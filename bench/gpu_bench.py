@@ -1,6 +1,8 @@
-"""GPU benchmarks (issue 4): kernels, the paper's speed table, cache capacity, and transformers as peer.
+"""GPU benchmarks: kernels, the paper's speed table, cache capacity, transformers as peer, and the paper's
+many-long-requests workload (``scale``) against each config's own roofline and vLLM's figures.
 
-    python bench/gpu_bench.py --out DIR [--only kernels,paper,capacity,peer] [--paper-lengths 32768,131072]
+    python bench/gpu_bench.py --out DIR [--only kernels,paper,capacity,peer,scale] [--paper-lengths 32768,131072]
+    python bench/gpu_bench.py --out DIR --only scale --scale-runs FA:8x131072,SWA:8x131072
 
 Each part writes DIR/gpu_<part>.json (rows + card, versions, date, command); bench/gpu_report.py turns
 them into the tables and plots of bench/RESULTS.md. Models are Qwen3-4B-shaped with random bf16
@@ -51,6 +53,12 @@ def paper_configs() -> dict[str, SWAAConfig]:
 
 
 PAPER_SPEEDUP_128K = {"SWA": 8.0, "SWA + 1/2 FA": 1.79, "FA-decode": 1.71, "FA-decode + 1/4": 1.45, "FA-decode + 1/2": 1.26}
+# The paper's 100 x 128k -> 512 run (vLLM 0.11 eager, the authors' FA2 fork, Qwen3-4B-Thinking, GPU not stated):
+# seconds per request
+PAPER_S_PER_REQUEST_128K = {"FA": 34.4, "SWA": 4.3, "SWA + 1/2 FA": 19.2, "FA-decode": 20.1, "FA-decode + 1/4": 23.7,
+                            "FA-decode + 1/2": 27.2}
+# vLLM 0.21 on the same H200 (2026-12-03, ../shared/notes/gpu.md): seconds for n x L -> 512
+VLLM_S = {("FA", 64, 1024): 2.26, ("FA", 8, 131072): 105.3, ("FA", 16, 131072): 208.5, ("SWA", 8, 131072): 18.2}
 
 
 def env_info() -> dict:
@@ -179,7 +187,8 @@ def bench_kernels(ceil: dict) -> list[dict]:
 
 # -- end-to-end ---------------------------------------------------------------------------------
 def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int, chunk: int = 8192, seed: int = 0,
-               device: str = "cuda", backend: str = "flash", hf_config=None, cuda_graphs: bool = True) -> dict:
+               device: str = "cuda", backend: str = "flash", hf_config=None, cuda_graphs: bool = True,
+               progress: bool = False) -> dict:
     from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from swaa_engine.engine import LLMEngine
     from swaa_engine.sampling_params import SamplingParams
@@ -206,13 +215,27 @@ def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int,
     for p in prompts:
         engine.add_request(p, params)
     finals = []
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"{n} x {l_in}", unit="req")
     while engine.has_work():
-        finals += [c for c in engine.step() if c.finished]
+        done = [c for c in engine.step() if c.finished]
+        finals += done
+        if bar is not None and done:
+            bar.update(len(done))
+    if bar is not None:
+        bar.close()
     sync()
     duration = time.perf_counter() - t0
     ttft = sorted(c.timings.ttft_s for c in finals)
     tpot = [(c.timings.total_s - c.timings.ttft_s) / (c.usage.completion_tokens - 1) for c in finals]
     usage = engine.cache_usage()
+    held = engine.cache.blocks.total // max(1, engine.cache.blocks_for(l_in + l_out)) if engine.cache.has_paged else n
+    if engine.cache.has_ring:
+        held = min(held, engine.cache.rings.total)
+    pre = engine.load.preemptions
     graphs = engine.runner.graphs
     if graphs is not None and graphs.bucket(n) is not None:
         # the GPU's share of a decode step: the graph replayed alone (the step's last inputs are still in place)
@@ -221,14 +244,79 @@ def run_engine(swaa: SWAAConfig, n: int, l_in: int, l_out: int, *, max_len: int,
         replay_ms = None
     out = dict(n=n, l_in=l_in, l_out=l_out, duration_s=duration, out_tok_s=n * l_out / duration,
                ttft_mean_s=sum(ttft) / n, ttft_p50_s=ttft[n // 2], ttft_p99_s=ttft[min(n - 1, int(0.99 * n))],
-               tpot_mean_ms=1e3 * sum(tpot) / n, preemptions=engine.scheduler.num_preemptions,
-               paged_blocks=usage["paged"]["total"], rings=usage["ring"]["total"],
+               tpot_mean_ms=1e3 * sum(tpot) / n, preemptions=pre["total"], swapped=pre["swapped"],
+               swapped_gb=pre["swapped_bytes"] / 1e9, recomputed_tokens=pre["recomputed_tokens"],
+               paged_blocks=usage["paged"]["total"], rings=usage["ring"]["total"], seqs_held=min(held, n),
                weight_bytes=sum(p.numel() * p.element_size() for p in engine.model.parameters()), graph_replay_ms=replay_ms)
-    del engine
-    gc.collect()
-    if device == "cuda":
+    engine.close()
+    return out
+
+
+def attention_rates() -> dict:
+    """flash-attn-4's measured prefill rates on this card (TFLOP/s): full causal and window-only, 32k tokens."""
+    out = {}
+    for name, kind, window in (("full", AttentionKind.FULL, None), ("window", AttentionKind.SLIDING_FA_DECODE, W)):
+        L = 32768
+        run = _layer_step(kind, window, 0, lambda g, L=L: ([StepEntry(0, L, L, tuple(range(L // 128)), None)], L // 128))
+        t = cuda_time(run, iters=5)
+        pairs = L * (L + 1) / 2 if window is None else sum(min(i + 1, window) for i in range(L))
+        out[name] = 4 * pairs * H * D / t / 1e12
+        del run
         torch.cuda.empty_cache()
     return out
+
+
+def roofline_s(swaa: SWAAConfig, n: int, l_in: int, l_out: int, held: int, weight_bytes: int, ceil: dict, att: dict) -> dict:
+    """The workload's own roofline: every prompt's prefill FLOPs at the measured rates (linear layers at the GEMM
+    ceiling, attention at flash-attn-4's full/window rate), plus each decode wave's bytes at the copy rate; a wave
+    is as many sequences as the cache holds at full length, each step reading the weights and their KV."""
+    specs = swaa.layer_specs(36)
+    embed = 151936 * 2560 * 2  # tied embedding table, bf16: read once per token as a row, not a GEMM
+    linear_flops = 2 * (weight_bytes - embed) / 2 * l_in
+    full_pairs = l_in * (l_in + 1) / 2
+
+    def window_pairs(sinks):
+        w = min(W, l_in)
+        return w * (w + 1) / 2 + (l_in - w) * w + sinks * max(0, l_in - W)
+
+    t_att = 0.0
+    kv_tok_bytes = 0  # KV bytes per sequence at full length, summed over layers
+    per_token = 2 * HKV * D * 2
+    for s in specs:
+        if s.window is None:
+            t_att += 4 * full_pairs * H * D / (att["full"] * 1e12)
+        else:
+            t_att += 4 * window_pairs(s.sinks) * H * D / (att["window"] * 1e12)
+        ring = s.cache_kind.value == "ring"
+        kv_tok_bytes += per_token * (min(l_in + l_out, s.sinks + s.window) if ring else l_in + l_out)
+    prefill = n * (linear_flops / (ceil["gemm_tflops"] * 1e12) + t_att)
+    decode, left = 0.0, n
+    while left > 0:
+        m = min(held, left)
+        decode += l_out * (weight_bytes + m * kv_tok_bytes) / (ceil["copy_tbps"] * 1e12)
+        left -= m
+    return dict(roofline_prefill_s=prefill, roofline_decode_s=decode, roofline_s=prefill + decode)
+
+
+def bench_scale(runs: list[tuple[str, int, int]], l_out: int, ceil: dict) -> list[dict]:
+    """The paper's workload: n requests of l_in tokens -> l_out, submitted at once, for each named config."""
+    att = attention_rates()
+    print("attention rates (TFLOP/s)", att, flush=True)
+    rows = []
+    for name, n, l_in in runs:
+        swaa = paper_configs()[name]
+        r = run_engine(swaa, n, l_in, l_out, max_len=l_in + l_out + 8, progress=True)
+        r.update(config=name, swaa=swaa.describe(), attention_tflops=att)
+        r.update(roofline_s(swaa, n, l_in, l_out, r["seqs_held"], r["weight_bytes"], ceil, att))
+        r["ratio_to_roofline"] = r["duration_s"] / r["roofline_s"]
+        r["s_per_request"] = r["duration_s"] / n
+        if l_in == 131072:
+            r["paper_s_per_request"] = PAPER_S_PER_REQUEST_128K[name]
+        if (name, n, l_in) in VLLM_S:
+            r["vllm_s"] = VLLM_S[(name, n, l_in)]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    return rows
 
 
 def bench_paper(lengths: list[int], sizes: dict[int, int], l_out: int, ceil: dict) -> list[dict]:
@@ -345,6 +433,8 @@ def main() -> int:
     ap.add_argument("--paper-lengths", default="32768,131072")
     ap.add_argument("--paper-n", default="32768:8,131072:2", help="requests per input length")
     ap.add_argument("--paper-out", type=int, default=512)
+    ap.add_argument("--scale-runs", default=",".join(f"{c}:{w}" for w in ("16x131072", "100x32768") for c in paper_configs()),
+                    help="CONFIG:NxL,... (configs as in paper_configs; split them across calls to fit a time limit)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     info = env_info()
@@ -356,11 +446,14 @@ def main() -> int:
         "paper": lambda: bench_paper([int(x) for x in args.paper_lengths.split(",")], sizes, args.paper_out, ceil),
         "capacity": bench_capacity,
         "peer": bench_peer,
+        "scale": lambda: bench_scale([(c, int(w.split("x")[0]), int(w.split("x")[1]))
+                                      for c, w in (x.rsplit(":", 1) for x in args.scale_runs.split(","))], args.paper_out, ceil),
     }
     for part in args.only.split(","):
         t0 = time.perf_counter()
         rows = parts[part]()
-        with open(os.path.join(args.out, f"gpu_{part}.json"), "w") as f:
+        tag = os.environ.get("BENCH_TAG", "")
+        with open(os.path.join(args.out, f"gpu_{part}{tag}.json"), "w") as f:
             json.dump(dict(env=info, ceilings=ceil, rows=rows, wall_s=time.perf_counter() - t0), f, indent=1)
         print(f"{part}: {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, ReplicaStatus, Timings,
+from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, ReplicaStatus, Timings,
                                TokenLogprob, Usage)
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
@@ -84,4 +84,5 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         vocab_size=msg.vocab_size, fa_tail=sw.fa_tail,
         replicas=tuple(ReplicaStatus(r.index, r.ready, PoolUsage(r.paged.used, r.paged.total), PoolUsage(r.ring.used, r.ring.total),
                                      r.running, r.waiting, r.restarts) for r in msg.replicas),
-        replicas_ready=msg.replicas_ready)
+        replicas_ready=msg.replicas_ready,
+        preemptions=Preemptions(**{f.name: getattr(msg.preemptions, f.name) for f in msg.preemptions.DESCRIPTOR.fields}))

@@ -79,6 +79,19 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class Preemptions:
+    """What memory pressure has cost since start: preempted sequences' KV swapped to host memory or recomputed."""
+
+    total: int = 0
+    swapped: int = 0
+    swapped_bytes: int = 0
+    recomputed: int = 0
+    recomputed_tokens: int = 0
+    swap_used_bytes: int = 0
+    swap_total_bytes: int = 0  # the swap budget; 0: preemption always recomputes
+
+
+@dataclass(frozen=True)
 class ReplicaStatus:
     """One engine replica of a service started with ``--replicas N``."""
 
@@ -108,3 +121,4 @@ class ModelInfo:
     fa_tail: int = 0  # experimental knob: last N prompt tokens read with full attention in fa_decode layers
     replicas: tuple[ReplicaStatus, ...] = ()  # empty for a single in-process engine
     replicas_ready: int = 1
+    preemptions: Preemptions = Preemptions()

@@ -23,25 +23,36 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048  # per-step token budget; also the prefill chunk size
     max_waiting: int = 1024  # queue capacity before new requests are refused
+    # admission keeps free blocks for this many more generated tokens of every running sequence (capped by
+    # each one's max_tokens), so decodes rarely need to preempt anyone
+    decode_reserve_tokens: int = 512
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "max_num_seqs", f"must be >= 1, got {self.max_num_seqs}")
         _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", f"must be >= 1, got {self.max_num_batched_tokens}")
         _require(self.max_waiting >= 1, "max_waiting", f"must be >= 1, got {self.max_waiting}")
+        _require(self.decode_reserve_tokens >= 0, "decode_reserve_tokens", f"must be >= 0, got {self.decode_reserve_tokens}")
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """``budget_bytes`` wins over ``budget_fraction`` (of free device memory, or of available RAM on CPU)."""
+    """``budget_bytes`` wins over ``budget_fraction`` (of free device memory, or of available RAM on CPU).
+
+    ``swap_bytes``: host memory that preempted sequences' KV moves to instead of being recomputed; ``None``
+    sizes it like the device budget, at most half the available RAM (on CPU host and device are one tier, so
+    a swap is a plain copy); 0 turns swapping off (preemption then recomputes).
+    """
 
     block_size: int = 16
     budget_bytes: int | None = None
     budget_fraction: float = 0.5
+    swap_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
         _require(self.budget_bytes is None or self.budget_bytes > 0, "budget_bytes", f"must be > 0, got {self.budget_bytes}")
         _require(0 < self.budget_fraction <= 0.95, "budget_fraction", f"must be in (0, 0.95], got {self.budget_fraction}")
+        _require(self.swap_bytes is None or self.swap_bytes >= 0, "swap_bytes", f"must be >= 0, got {self.swap_bytes}")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence as Seq, Union
 
 import torch
@@ -17,7 +18,9 @@ from swaa_engine.config import CacheConfig, ConfigError, EngineConfig
 from swaa_engine.cuda_graphs import DecodeGraphs
 from swaa_engine.detokenizer import IncrementalDetokenizer
 from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
+from swaa_engine.kv_cache.pools import SwapSpace
 from swaa_engine.kv_cache.storage import allocate_kv
+from swaa_engine.kv_cache.swap import HostSwap
 from swaa_engine.model_runner import ModelRunner
 from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
 from swaa_engine.models.registry import dims_from_config
@@ -48,8 +51,27 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
+        # memory an engine dropped earlier in this process sits in cycles or in torch's cache, invisible to the
+        # driver: collect it and hand it back first, or every later engine sizes its cache from what is left
+        gc.collect()
+        torch.cuda.empty_cache()
         return torch.cuda.mem_get_info(device)[0]
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """An engine's load as plain data, republished after every change: readers (metrics, the front end's
+    snapshot) take it without the engine's lock, so a scrape never waits for a step."""
+
+    running: int = 0
+    waiting: int = 0
+    usage: dict = field(default_factory=dict)  # {"paged": {"used", "total"}, "ring": {...}}
+    # what memory pressure cost: the fields of swaa.v1.Preemptions (total, swapped, swapped_bytes, recomputed,
+    # recomputed_tokens, swap_used_bytes, swap_total_bytes)
+    preemptions: dict = field(default_factory=dict)
+    steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
+    step_seconds: float = 0.0
 
 
 @dataclass
@@ -108,7 +130,8 @@ class LLMEngine:
         block_size = config.cache.block_size
         sched = config.scheduler
         self.pool_plan = plan_pools(self.specs, kv, block_size, self._budget(config.cache, kv), sched.max_num_seqs)
-        self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings)
+        swap = SwapSpace(self._swap_budget(config.cache), self.pool_plan.block_bytes, self.pool_plan.ring_bytes)
+        self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings, swap)
         cap = self.cache.max_tokens_per_seq()
         if cap is not None and cap < self.max_model_len:
             raise ConfigError("cache", f"the cache budget holds {cap} tokens of paged KV, fewer than max_model_len={self.max_model_len}; raise the budget or lower max_model_len")
@@ -125,6 +148,7 @@ class LLMEngine:
             num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
         )
         self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device, fa_tail=config.swaa.fa_tail)
+        self.swapper = HostSwap(caches, self.specs, self.device)
         if config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
             self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
@@ -133,6 +157,17 @@ class LLMEngine:
         self._seed_rng = random.Random(config.seed)
         self.steps = 0
         self.step_seconds = 0.0
+        self.load = EngineLoad()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Replace ``self.load`` (call under the lock; one attribute store, so readers never see half of it)."""
+        sched, st, swap = self.scheduler, self.scheduler.stats, self.cache.swap
+        pre = asdict(st)
+        pre = dict(total=pre["preemptions"], swapped=pre["swapped_out"], swapped_bytes=pre["swapped_bytes"],
+                   recomputed=pre["recomputed"], recomputed_tokens=pre["recomputed_tokens"],
+                   swap_used_bytes=swap.used_bytes, swap_total_bytes=swap.budget_bytes)
+        self.load = EngineLoad(len(sched.running), len(sched.waiting), self.cache.usage(), pre, self.steps, self.step_seconds)
 
     def decode_graphs(self) -> DecodeGraphs:
         """Decode graphs over this engine's model and caches (captured by ``runner.use_graphs``)."""
@@ -149,6 +184,12 @@ class LLMEngine:
         padded_len = -(-self.max_model_len // cc.block_size) * cc.block_size  # whole blocks
         need = self.config.scheduler.max_num_seqs * padded_len * kv.bytes_per_token * self.dims.num_layers
         return max(1, min(int(cc.budget_fraction * free_memory_bytes(self.device)), need))
+
+    def _swap_budget(self, cc: CacheConfig) -> int:
+        if cc.swap_bytes is not None:
+            return cc.swap_bytes
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return min(self.pool_plan.total_bytes, host // 2)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()
@@ -218,6 +259,7 @@ class LLMEngine:
                 rng=None if params.greedy else random.Random(params.seed),
                 arrival=seq.arrival,
             )
+            self._publish()
         return rid
 
     def abort(self, request_id: str) -> StreamChunk | None:
@@ -227,6 +269,7 @@ class LLMEngine:
             if req is None:
                 return None
             self.scheduler.finish(req.seq, FinishReason.ABORT)
+            self._publish()
             return self._final_chunk(req, StreamChunk(request_id), time.monotonic())
 
     def has_work(self) -> bool:
@@ -240,6 +283,11 @@ class LLMEngine:
             if not out:
                 return []
             now = t0
+            # before any kernel of this step: the slots a swap-out leaves may already belong to another sequence
+            for op in out.swap_out:
+                self.swapper.swap_out(op)
+            for op in out.swap_in:
+                self.swapper.swap_in(op)
             chunks = self.runner.order(out.chunks)
             rows = []
             for c in chunks:
@@ -262,6 +310,7 @@ class LLMEngine:
             # where a replica's time goes: mean step time = step_seconds / steps (exported per replica)
             self.steps += 1
             self.step_seconds += now - t0
+            self._publish()
             return emitted
 
     def _accept(self, req: _Request, token: int, lp, now: float) -> StreamChunk:
@@ -293,6 +342,7 @@ class LLMEngine:
     def _final_chunk(self, req: _Request, chunk: StreamChunk, now: float) -> StreamChunk:
         seq = req.seq
         self._requests.pop(seq.request_id, None)
+        self.swapper.drop(seq.request_id)
         chunk.text += req.detok.finish() if req.detok else ""
         chunk.finished = True
         chunk.finish_reason = seq.finish_reason
@@ -332,7 +382,9 @@ class LLMEngine:
         finally:
             for rid in warm:
                 self.abort(rid)
-        self.steps, self.step_seconds = 0, 0.0  # the step counters describe serving
+        with self._lock:
+            self.steps, self.step_seconds = 0, 0.0  # the step counters describe serving
+            self._publish()
         out = {k: float(v - before[k]) for k, v in self.runner.step_kinds.items()}
         out["seconds"] = time.monotonic() - t0
         return out
@@ -371,6 +423,23 @@ class LLMEngine:
                 self.cache.free(seq)
         return out
 
+    # -- teardown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Give the device memory back now (caches, CUDA graphs and their pools, weights); the engine is unusable after.
+
+        Dropping the last reference does the same at the next garbage collection (the graphs, runner and
+        model refer to each other, so reference counting alone does not)."""
+        with self._lock:
+            if self.model is None:
+                return
+            for rid in list(self._requests):
+                self.abort(rid)
+            self.runner = self.swapper = self.backend = self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
     # -- introspection --------------------------------------------------------------------
     def cache_usage(self) -> dict[str, dict[str, int]]:
         with self._lock:
@@ -403,6 +472,16 @@ class LLM:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    def close(self) -> None:
+        """Give the engine's device memory back now (``with LLM(...) as llm:`` does it on exit)."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def generate(self, prompts: Prompt | Iterable[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None,
                  progress: bool = False) -> list[Completion]:

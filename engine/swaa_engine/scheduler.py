@@ -3,16 +3,36 @@
 Prefill and decode are one mechanism: each step a sequence computes some of its uncomputed
 tokens (one when decoding, a chunk when prefilling or recomputing after preemption) under a
 per-step token budget; when all its tokens are computed, the step samples its next token.
+
+Under memory pressure no computed work is thrown away if it can be kept:
+- A waiting sequence is admitted only when the cache takes every token it still has to compute (its
+  whole prompt, allocated at once) plus the decode reserve of every running sequence and its own: its
+  later chunks never take blocks from anyone, and decodes have room to grow.
+- Decodes that outgrow the free blocks anyway preempt the newest running sequence (latest arrival, so the
+  oldest always progresses and none starves). Its KV moves to host memory when the swap space holds it
+  (a copy: at 128k tokens ~20x cheaper than recomputing on an H200), else it is dropped and recomputed.
+- Preempted sequences return to the head of the queue and are readmitted first; a swapped one gets its
+  KV copied back into new slots before its next chunk.
+
+Short requests are not held behind long prompts: while running sequences prefill, every other step
+admits waiting requests whose whole prompt fits the step first, and the running prefills then get at
+most as many tokens as the newcomers (so that step costs about twice the newcomers' own prefill).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
 from swaa_engine.config import SchedulerConfig
-from swaa_engine.kv_cache.manager import CacheManager
+from swaa_engine.kv_cache.manager import CacheManager, SwapOp
 from swaa_engine.sequence import FinishReason, Sequence, SeqStatus
+
+
+# The decode reserve is a soft hold: it never keeps more than this share of the blocks free, so that in a
+# cache small against max_tokens admission still fills the cache (decodes that outgrow it then preempt).
+MAX_RESERVE_SHARE = 0.1
 
 
 class QueueFullError(RuntimeError):
@@ -45,7 +65,9 @@ class Chunk:
 @dataclass
 class SchedulerOutput:
     chunks: list[Chunk] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)  # KV dropped: recomputed from token 0
+    swap_out: list[SwapOp] = field(default_factory=list)  # copy to host before this step's kernels
+    swap_in: list[SwapOp] = field(default_factory=list)  # copy back after the swap-outs, before the kernels
 
     @property
     def num_tokens(self) -> int:
@@ -55,14 +77,32 @@ class SchedulerOutput:
         return bool(self.chunks)
 
 
+@dataclass
+class SchedulerStats:
+    """Counters since start (exported as metrics and in GetModelInfo)."""
+
+    preemptions: int = 0  # every preemption, swapped or recomputed
+    swapped_out: int = 0  # preemptions whose KV went to host memory
+    swapped_bytes: int = 0  # bytes copied to host by those
+    recomputed: int = 0  # preemptions whose KV was dropped
+    recomputed_tokens: int = 0  # computed tokens those dropped (computed again later)
+    computed_tokens: int = 0  # tokens scheduled for computation, recomputation included
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, cache: CacheManager):
         self.config = config
         self.cache = cache
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # in arrival order
         self._by_id: dict[str, Sequence] = {}
-        self.num_preemptions = 0
+        self.stats = SchedulerStats()
+        self._yielded = False  # the last step gave newcomers precedence over running prefills
+        self._pending = SchedulerOutput()  # preemptions asked for between steps, carried into the next one
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.stats.preemptions
 
     # -- requests -------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -77,7 +117,7 @@ class Scheduler:
         return self._by_id.get(request_id)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a sequence wherever it is and give back every slot it holds."""
+        """End a sequence wherever it is and give back every slot it holds (host memory too)."""
         if seq.finished:
             return
         if seq.status is SeqStatus.RUNNING:
@@ -95,69 +135,128 @@ class Scheduler:
             self.finish(seq, FinishReason.ABORT)
         return seq
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
-
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     # -- one step -------------------------------------------------------------------------
+    def preempt(self, request_id: str) -> bool:
+        """Preempt a running sequence now (swapped if the swap space holds it); the next step moves its KV."""
+        seq = self._by_id.get(request_id)
+        if seq is None or seq.status is not SeqStatus.RUNNING:
+            return False
+        self._preempt(seq, self._pending)
+        return True
+
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out, self._pending = self._pending, SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         scheduled: set[int] = set()
 
-        # Decodes first (one token each, latency-bound), then prefill chunks of running sequences.
-        for decoding in (True, False):
-            for seq in list(self.running):
-                if budget == 0 or seq.status is not SeqStatus.RUNNING or id(seq) in scheduled:
-                    continue
-                if (seq.num_uncomputed == 1) != decoding:
-                    continue
-                n = min(seq.num_uncomputed, budget)
-                if not self._reserve(seq, n, scheduled, out):
-                    continue  # seq itself was preempted
-                out.chunks.append(Chunk(seq, seq.num_computed, n))
-                scheduled.add(id(seq))
-                budget -= n
+        # Decodes first: one token each, latency-bound.
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq.status is SeqStatus.RUNNING and id(seq) not in scheduled and seq.is_decoding:
+                if self._reserve(seq, 1, scheduled, out):
+                    self._take(out, scheduled, seq, 1)
+                    budget -= 1
 
-        # Admit waiting sequences in arrival order while budget, sequence slots and cache allow.
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            n = min(seq.num_uncomputed, budget)
-            if not self.cache.can_allocate(seq, n):
-                break  # FCFS: no overtaking, so a long request is never starved
-            self.waiting.popleft()
-            self.cache.allocate(seq, n)
-            seq.status = SeqStatus.RUNNING
-            self.running.append(seq)
-            out.chunks.append(Chunk(seq, seq.num_computed, n))
-            scheduled.add(id(seq))
-            budget -= n
+        prefilling = any(id(s) not in scheduled for s in self.running)
+        yield_now = prefilling and not self._yielded and self._short_head(budget)
+        if yield_now:
+            admitted = self._admit(out, budget, scheduled, only_short=True)
+            budget -= admitted + self._continue_prefills(out, min(budget - admitted, admitted), scheduled)
+        else:
+            budget -= self._continue_prefills(out, budget, scheduled)
+            self._admit(out, budget, scheduled, only_short=False)
+        self._yielded = yield_now
         return out
+
+    def _take(self, out: SchedulerOutput, scheduled: set[int], seq: Sequence, n: int) -> None:
+        out.chunks.append(Chunk(seq, seq.num_computed, n))
+        scheduled.add(id(seq))
+        self.stats.computed_tokens += n
+
+    def _continue_prefills(self, out: SchedulerOutput, budget: int, scheduled: set[int]) -> int:
+        """Chunks of running sequences still prefilling (or recomputing), oldest first; returns tokens used."""
+        used = 0
+        for seq in list(self.running):
+            if budget - used <= 0:
+                break
+            if seq.status is not SeqStatus.RUNNING or id(seq) in scheduled:
+                continue
+            n = min(seq.num_uncomputed, budget - used)
+            if self._reserve(seq, n, scheduled, out):
+                self._take(out, scheduled, seq, n)
+                used += n
+        return used
+
+    def _short_head(self, budget: int) -> bool:
+        """The next waiting request's whole prompt fits in what this step has left."""
+        return bool(self.waiting) and 0 < self.waiting[0].num_uncomputed <= budget
+
+    def _admit(self, out: SchedulerOutput, budget: int, scheduled: set[int], only_short: bool) -> int:
+        """Admit waiting sequences in arrival order (FCFS: no overtaking, so none starves); returns tokens used."""
+        used = 0
+        reserve = sum(self._decode_reserve(s) for s in self.running)
+        cap = int(MAX_RESERVE_SHARE * self.cache.blocks.total)
+        while self.waiting and budget - used > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            if only_short and seq.num_uncomputed > budget - used:
+                break
+            need = self.cache.blocks_needed(seq, seq.num_uncomputed)
+            own = self._decode_reserve(seq, allocated=len(seq.block_table) + need)
+            if self.running and need + min(own + reserve, cap) > self.cache.blocks.num_free:
+                break
+            if not self.cache.can_allocate(seq, seq.num_uncomputed):
+                break
+            self.waiting.popleft()
+            self.cache.allocate(seq, seq.num_uncomputed)  # the whole prompt: later chunks never wait for blocks
+            if seq.swapped is not None:
+                out.swap_in.append(self.cache.swap_in(seq))
+            seq.status = SeqStatus.RUNNING
+            bisect.insort(self.running, seq, key=lambda s: s.order)
+            n = min(seq.num_uncomputed, budget - used)
+            self._take(out, scheduled, seq, n)
+            used += n
+            reserve += own
+        return used
+
+    def _decode_reserve(self, seq: Sequence, allocated: int | None = None) -> int:
+        """Blocks ``seq`` may still need for its next ``decode_reserve_tokens`` generated tokens."""
+        longest = seq.num_prompt + seq.params.max_tokens
+        target = min(longest, seq.num_tokens + self.config.decode_reserve_tokens)
+        held = len(seq.block_table) if allocated is None else allocated
+        return max(0, self.cache.blocks_for(target) - held)
 
     def _reserve(self, seq: Sequence, n: int, scheduled: set[int], out: SchedulerOutput) -> bool:
         """Allocate for ``n`` more tokens of ``seq``, preempting the newest unscheduled sequences."""
         while not self.cache.can_allocate(seq, n):
-            victims = [s for s in self.running if id(s) not in scheduled]
-            victim = victims[-1]  # seq itself is unscheduled, so this is never empty
-            self._preempt(victim)
-            out.preempted.append(victim)
+            victim = max((s for s in self.running if id(s) not in scheduled), key=lambda s: s.order)
+            self._preempt(victim, out)  # seq itself is unscheduled, so there is always a victim
             if victim is seq:
                 return False
         self.cache.allocate(seq, n)
         return True
 
-    def _preempt(self, seq: Sequence) -> None:
-        """Recompute later: drop the cache, keep the tokens (generated ones keep their role)."""
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        """Swap the sequence's KV to host memory if it fits there, else drop it to recompute later."""
         self.running.remove(seq)
-        self.cache.free(seq)
-        seq.num_computed = 0
+        st = self.stats
+        if self.cache.can_swap_out(seq):
+            out.swap_out.append(self.cache.swap_out(seq))
+            st.swapped_out += 1
+            st.swapped_bytes += seq.swapped
+        else:
+            self.cache.free(seq)
+            st.recomputed += 1
+            st.recomputed_tokens += seq.num_computed
+            seq.num_computed = 0  # generated tokens keep their role (sequence.py)
+            out.preempted.append(seq)
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
-        self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        st.preemptions += 1
+        self.waiting.appendleft(seq)  # victims go newest first, so the oldest ends up at the head
 
     def advance(self, out: SchedulerOutput) -> None:
         """Mark the chunks of a finished step as computed."""

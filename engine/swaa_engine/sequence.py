@@ -44,6 +44,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     block_table: list[int] = field(default_factory=list)
     ring: int | None = None
+    swapped: int | None = None  # host bytes holding this sequence's computed KV while it is swapped out
     num_preemptions: int = 0
     order: int = field(default_factory=lambda: next(_counter))
 
@@ -67,9 +68,9 @@ class Sequence:
         return len(self.token_ids) - self.num_computed
 
     @property
-    def in_prefill(self) -> bool:
-        """More than the last token still needs computing (prompt, or recompute after preemption)."""
-        return self.num_uncomputed > 1 or self.num_computed < self.num_prompt
+    def is_decoding(self) -> bool:
+        """Only the last generated token is uncomputed: its next step is a decode."""
+        return self.num_uncomputed == 1 and self.num_computed >= self.num_prompt
 
     @property
     def finished(self) -> bool:

@@ -44,6 +44,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (wins over --cache-fraction)")
     p.add_argument("--cache-fraction", type=float, default=0.5, help="KV cache budget as a fraction of free device memory")
+    p.add_argument("--swap-bytes", type=int, default=None,
+                   help="host memory for preempted sequences' KV (default: like the KV budget, at most half the free RAM; "
+                        "0: preemption recomputes)")
+    p.add_argument("--decode-reserve-tokens", type=int, default=None,
+                   help="admission keeps cache free for this many more generated tokens of each running sequence "
+                        "(default: SchedulerConfig's, 512)")
     p.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
     add_swaa_args(p)
@@ -59,8 +65,11 @@ def engine_config_from_args(args):
         device=args.device,
         attention_backend=args.attention_backend,
         max_model_len=args.max_model_len,
-        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
-        cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction),
+        scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                                  **({} if args.decode_reserve_tokens is None else
+                                     {"decode_reserve_tokens": args.decode_reserve_tokens})),
+        cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction,
+                          swap_bytes=args.swap_bytes),
         lora=args.lora,
         cuda_graphs=not args.no_cuda_graphs,
     )

@@ -104,10 +104,11 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
                    fa_layers=str(sw.fa_layers) if sw.fa_layers else "", fa_tail=sw.fa_tail)
     if sw.window is not None:
         swaa.window = sw.window
-    usage = snap.usage
+    usage, pre = snap.usage, snap.preemptions
     if replicas:
         ready = [r.load for r in replicas if r.ready and r.load is not None]
         usage = {p: {k: sum(l.usage[p][k] for l in ready) for k in ("used", "total")} for p in ("paged", "ring")}
+        pre = {k: sum(l.preemptions.get(k, 0) for l in ready) for k in pb.Preemptions.DESCRIPTOR.fields_by_name}
     return pb.ModelInfo(
         model=snap.model_name, architecture=snap.architecture, max_context=snap.max_model_len, swaa=swaa,
         layers=[pb.LayerInfo(layer=s.layer, attention=ATTENTION[s.kind], cache=CACHE[s.cache_kind]) for s in snap.specs],
@@ -117,4 +118,5 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
                                                                      running=r.load.running, waiting=r.load.waiting)))
                   for r in replicas],
         replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
+        preemptions=pb.Preemptions(**pre),
     )

@@ -32,18 +32,17 @@ class EngineSnapshot:
     usage: dict  # {"paged": {"used", "total"}, "ring": {...}}
     running: int
     waiting: int
-    preemptions: int
+    preemptions: dict  # the fields of swaa.v1.Preemptions
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
 
 
 def snapshot(engine) -> EngineSnapshot:
-    with engine._lock:
-        sched = engine.scheduler
-        return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
-                              tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, engine.cache.usage(),
-                              len(sched.running), len(sched.waiting), sched.num_preemptions, engine.steps,
-                              engine.step_seconds)
+    """The engine's published load (``LLMEngine.load``, read without its lock) with its description."""
+    load = engine.load
+    return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
+                          tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, load.usage,
+                          load.running, load.waiting, load.preemptions, load.steps, load.step_seconds)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,13 @@ class _EngineCollector:
                                       labels=names + ["pool"]),
             "used": GaugeMetricFamily("swaa_cache_used", "KV pool units in use (blocks or rings)", labels=names + ["pool"]),
             "total": GaugeMetricFamily("swaa_cache_capacity", "KV pool units (blocks or rings)", labels=names + ["pool"]),
-            "pre": CounterMetricFamily("swaa_preemptions", "sequences preempted (recomputed later) for lack of cache",
-                                       labels=names),
+            "pre": CounterMetricFamily("swaa_preemptions", "sequences preempted for lack of cache, by what became of "
+                                       "their KV: swapped to host memory, or dropped and recomputed", labels=names + ["kind"]),
+            "swapped": CounterMetricFamily("swaa_swapped_bytes", "KV bytes copied to host memory by preemptions",
+                                           labels=names),
+            "recomputed": CounterMetricFamily("swaa_recomputed_tokens", "tokens whose KV preemption dropped (computed "
+                                              "again)", labels=names),
+            "swap_used": GaugeMetricFamily("swaa_swap_used_bytes", "host memory holding swapped KV now", labels=names),
             "steps": CounterMetricFamily("swaa_engine_steps", "engine steps that ran a batch", labels=names),
             "step_s": CounterMetricFamily("swaa_engine_step_seconds", "time spent in those steps (rate / steps rate = "
                                           "mean step time)", labels=names),
@@ -45,7 +50,12 @@ class _EngineCollector:
                 fams["perc"].add_metric(values + [pool], u["used"] / u["total"] if u["total"] else 0.0)
                 fams["used"].add_metric(values + [pool], u["used"])
                 fams["total"].add_metric(values + [pool], u["total"])
-            fams["pre"].add_metric(values, snap.preemptions)
+            pre = snap.preemptions
+            fams["pre"].add_metric(values + ["swap"], pre.get("swapped", 0))
+            fams["pre"].add_metric(values + ["recompute"], pre.get("recomputed", 0))
+            fams["swapped"].add_metric(values, pre.get("swapped_bytes", 0))
+            fams["recomputed"].add_metric(values, pre.get("recomputed_tokens", 0))
+            fams["swap_used"].add_metric(values, pre.get("swap_used_bytes", 0))
             fams["steps"].add_metric(values, snap.steps)
             fams["step_s"].add_metric(values, snap.step_seconds)
         yield from fams.values()

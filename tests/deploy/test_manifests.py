@@ -187,7 +187,7 @@ def test_hpa_scales_on_a_metric_the_server_exports():
     from swaa_server.telemetry import Metrics
 
     snap = EngineSnapshot("m", "llama", 8, None, (), 16, 10, {"paged": {"used": 0, "total": 4}, "ring": {"used": 0, "total": 0}},
-                          0, 3, 0)
+                          0, 3, {})
     m = Metrics()
     m.watch(lambda: [({}, snap)])
     exported = generate_latest(m.registry).decode()

@@ -101,24 +101,53 @@ def test_logits_match_transformers(tiny_qwen3, smollm2):
         assert (ours - theirs).abs().max() < 1e-3 * theirs.abs().max()
 
 
-# all-ring configs hold no paged blocks and are never preempted; these mix ring and paged layers
+# all-ring configs hold no paged blocks and are never preempted for lack of them; these mix ring and paged layers
+@pytest.mark.parametrize("swap", [True, False], ids=["swap", "recompute"])
 @pytest.mark.parametrize("name", ["fa", "swa+sinks+half_fa", "swa+sinks+fa_decode+quarter_fa"])
-def test_preemption_resumes_with_identical_output(name, tiny_qwen3, tiny_prompts):
+def test_preemption_resumes_with_identical_output(name, swap, tiny_qwen3, tiny_prompts):
     folder, hf = tiny_qwen3
     swaa = CONFIGS[name]
     params = SamplingParams(max_tokens=60, ignore_eos=True)
     roomy = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20)).generate(tiny_prompts, params)
-    # 32 blocks of 8 tokens: the four sequences need 36 at the end, so some are preempted and recomputed
+    # 32 blocks of 8 tokens: the four sequences need 36 at the end, so some are preempted
     kv_block = 2 * 2 * 16 * 4 * 8  # K+V, kv heads, head dim, fp32, block size
     n_paged = sum(s.cache_kind.value == "paged" for s in swaa.layer_specs(4))
     n_ring = 4 - n_paged
     budget = 32 * kv_block * n_paged + 4 * n_ring * 2 * 2 * 16 * 4 * 20
-    tight = LLM(folder, swaa=swaa, max_model_len=256, cache=CacheConfig(block_size=8, budget_bytes=budget),
+    tight = LLM(folder, swaa=swaa, max_model_len=256,
+                cache=CacheConfig(block_size=8, budget_bytes=budget, swap_bytes=None if swap else 0),
                 scheduler=SchedulerConfig(max_num_seqs=4))
     outs = tight.generate(tiny_prompts, params)
-    assert tight.engine.scheduler.num_preemptions > 0
+    stats = tight.engine.scheduler.stats
+    assert stats.preemptions > 0
+    assert (stats.swapped_out, stats.recomputed) == ((stats.preemptions, 0) if swap else (0, stats.preemptions))
     assert [o.token_ids for o in outs] == [o.token_ids for o in roomy]
-    assert tight.engine.cache.is_idle()
+    assert tight.engine.cache.is_idle() and len(tight.engine.swapper) == 0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_swapped_and_restored_sequences_decode_identically(name, tiny_qwen3, tiny_prompts):
+    """Every few steps the newest running sequence is swapped out (rings and blocks alike) and later restored,
+    mid-prefill and mid-decode: greedy tokens equal an undisturbed run's, for the six canonical configs."""
+    folder, _ = tiny_qwen3
+    kw = dict(swaa=CONFIGS[name], cache=CacheConfig(block_size=8, budget_bytes=8 << 20),
+              scheduler=SchedulerConfig(max_num_batched_tokens=40))
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    want = [o.token_ids for o in LLM(folder, **kw).generate(tiny_prompts, params)]
+    engine = LLM(folder, **kw).engine
+    ids = [engine.add_request(p, params) for p in tiny_prompts]
+    got = {i: [] for i in ids}
+    step = 0
+    while engine.has_work():
+        step += 1
+        running = engine.scheduler.running
+        if step % 3 == 0 and running:
+            assert engine.scheduler.preempt(max(running, key=lambda s: s.order).request_id)
+        for c in engine.step():
+            got[c.request_id] += c.token_ids
+    assert engine.scheduler.stats.swapped_out >= 10 and engine.scheduler.stats.recomputed == 0
+    assert [got[i] for i in ids] == want
+    assert engine.cache.is_idle() and len(engine.swapper) == 0
 
 
 @pytest.mark.parametrize("fa_decode", [True, "odd"])

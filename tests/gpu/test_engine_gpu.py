@@ -102,3 +102,28 @@ def test_aborts_release_every_slot_on_gpu(folder, prompts):
     usage = engine.cache_usage()
     assert usage["paged"]["used"] == 0 and usage["ring"]["used"] == 0
     torch.cuda.synchronize()
+
+
+def test_engines_built_and_dropped_in_one_process_give_their_memory_back(folder):
+    """Three engines in turn, each taking half the free memory for its cache: each sees as much free memory as
+    the first did (not what its predecessor left), and at the end the process is back within 1 GiB of its start."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    free0 = torch.cuda.mem_get_info()[0]
+    blocks = []
+    for i, name in enumerate(("fa", "swa+sinks", "swa+sinks+fa_decode")):
+        # so many sequences that the cache is sized by the free memory (~70 GB on an H200), not by what they need
+        llm = LLM(folder, swaa=CONFIGS[name], cache=CacheConfig(block_size=128, budget_fraction=0.5),
+                  scheduler=SchedulerConfig(max_num_seqs=16384))
+        out = llm.generate([[1, 2, 3, 4] * 50], SamplingParams(max_tokens=8, ignore_eos=True))
+        assert len(out[0].token_ids) == 8
+        blocks.append(llm.engine.pool_plan.total_bytes)
+        if i == 1:
+            llm.close()  # explicitly; the others are only dropped
+        del llm, out
+    assert min(blocks) > 0.9 * max(blocks), blocks
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert free0 - torch.cuda.mem_get_info()[0] < 1 << 30

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from multiprocessing.pool import ThreadPool
 
 import grpc
 import pytest
@@ -234,3 +235,31 @@ def test_load_generator_reports_and_leaves_the_cache_empty(server):
     assert report.cache_after["paged"]["used"] == 0 and report.cache_after["ring"]["used"] == 0
     with pytest.raises(ValueError, match="loopback"):
         LoadConfig(target="8.8.8.8:50051")
+
+
+def test_preemptions_are_reported_in_model_info_and_metrics(tiny_qwen3):
+    """A cache of 32 blocks and four requests growing to 120 tokens each: decodes outgrow it, the newest are
+    swapped to host memory and back; GetModelInfo and the metrics say so, and nothing stays held."""
+    from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from swaa_engine.engine import LLMEngine
+    from swaa_engine.swaa import SWAAConfig
+    from swaa_server.app import ServerConfig
+    from tests.server.conftest import running_server
+
+    kv_block = 4 * 2 * 2 * 16 * 4 * 8  # layers, K+V, kv heads, head dim, fp32, block size
+    engine = LLMEngine(EngineConfig(model=tiny_qwen3[0], swaa=SWAAConfig(), max_model_len=256,
+                                    cache=CacheConfig(block_size=8, budget_bytes=32 * kv_block),
+                                    scheduler=SchedulerConfig(max_num_seqs=4)))
+    with running_server(engine, ServerConfig(port=0, grace_s=2, metrics_port=0)) as s, Client(s.target) as c:
+        before = c.model_info().preemptions
+        assert before.total == 0 and before.swap_total_bytes > 0
+        with ThreadPool(4) as pool:
+            outs = pool.map(lambda i: c.generate([i + 1] * 20, max_tokens=100, ignore_eos=True), range(4))
+        assert [o.usage.completion_tokens for o in outs] == [100] * 4
+        assert s.wait_idle()
+        info = c.model_info().preemptions
+        assert info.total > 0 and info.swapped == info.total and info.recomputed == info.recomputed_tokens == 0
+        assert info.swapped_bytes >= info.swapped * kv_block and info.swap_used_bytes == 0
+        body = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
+        assert f'swaa_preemptions_total{{kind="swap"}} {float(info.swapped)}' in body
+        assert f"swaa_swapped_bytes_total {float(info.swapped_bytes)}" in body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swaa_engine.kv_cache.pools import BlockPool, RingPool
+from swaa_engine.kv_cache.pools import BlockPool, RingPool, SwapSpace
 from swaa_engine.sequence import Sequence
 from swaa_engine.swaa import CacheKind, LayerSpec
 
@@ -58,6 +58,19 @@ def plan_pools(
     return PoolPlan(num_blocks, num_rings, block_bytes, ring_bytes)
 
 
+@dataclass(frozen=True)
+class SwapOp:
+    """One sequence's KV moving between device slots and host memory (``request_id`` keys the host copy).
+
+    Swap-out: copy from ``blocks``/``ring`` before this step's kernels run (they may now belong to another
+    sequence). Swap-in: copy back into ``blocks``/``ring``, the sequence's new slots, before the step's kernels.
+    """
+
+    request_id: str
+    blocks: tuple[int, ...]  # paged blocks covering the computed tokens, in order
+    ring: int | None
+
+
 class CacheManager:
     """Hands out paged blocks and rings to sequences.
 
@@ -65,7 +78,9 @@ class CacheManager:
     every ring layer shares one ring id. A layer's pool is chosen by ``LayerSpec.cache_kind``.
     """
 
-    def __init__(self, specs: tuple[LayerSpec, ...], block_size: int, num_blocks: int, num_rings: int):
+    def __init__(self, specs: tuple[LayerSpec, ...], block_size: int, num_blocks: int, num_rings: int,
+                 swap: SwapSpace | None = None):
+        """``swap``: host memory that preempted sequences' KV moves to (none: preemption recomputes)."""
         self.specs = specs
         self.has_paged = any(s.cache_kind is CacheKind.PAGED for s in specs)
         self.has_ring = any(s.cache_kind is CacheKind.RING for s in specs)
@@ -73,15 +88,18 @@ class CacheManager:
         assert len(ring_slots) <= 1, "all ring layers share one window and sink count"
         self.blocks = BlockPool(num_blocks if self.has_paged else 0, block_size)
         self.rings = RingPool(num_rings if self.has_ring else 0, ring_slots.pop() if ring_slots else 0)
+        self.swap = swap or SwapSpace(0, 0, 0)
 
     @property
     def block_size(self) -> int:
         return self.blocks.block_size
 
+    def blocks_for(self, num_tokens: int) -> int:
+        """Paged blocks that ``num_tokens`` tokens of one sequence occupy (0 when no layer is paged)."""
+        return self.blocks.blocks_for(num_tokens) if self.has_paged else 0
+
     def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
-        if not self.has_paged:
-            return 0
-        return max(0, self.blocks.blocks_for(seq.num_computed + num_new_tokens) - len(seq.block_table))
+        return max(0, self.blocks_for(seq.num_computed + num_new_tokens) - len(seq.block_table))
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         if self.has_ring and seq.ring is None and self.rings.num_free == 0:
@@ -96,12 +114,39 @@ class CacheManager:
             seq.block_table.append(self.blocks.allocate())
 
     def free(self, seq: Sequence) -> None:
+        """Give back everything ``seq`` holds: device blocks, its ring, and host memory it was swapped to."""
         for b in seq.block_table:
             self.blocks.free(b)
         seq.block_table = []
         if seq.ring is not None:
             self.rings.free(seq.ring)
             seq.ring = None
+        if seq.swapped is not None:
+            self.swap.release(seq.swapped)
+            seq.swapped = None
+
+    # -- swapping -------------------------------------------------------------------------
+    def swap_bytes(self, seq: Sequence) -> int:
+        """Host bytes that ``seq``'s computed KV takes: its computed blocks in every paged layer, its ring."""
+        return self.swap.bytes_for(self.blocks_for(seq.num_computed), self.has_ring)
+
+    def can_swap_out(self, seq: Sequence) -> bool:
+        return seq.num_computed > 0 and self.swap.can_hold(self.swap_bytes(seq))
+
+    def swap_out(self, seq: Sequence) -> SwapOp:
+        """Move ``seq``'s computed KV to host memory: returns the device slots to copy from (before they are reused)."""
+        nbytes = self.swap_bytes(seq)
+        op = SwapOp(seq.request_id, tuple(seq.block_table[: self.blocks_for(seq.num_computed)]), seq.ring)
+        self.free(seq)
+        seq.swapped = self.swap.hold(nbytes)
+        return op
+
+    def swap_in(self, seq: Sequence) -> SwapOp:
+        """After ``allocate`` gave ``seq`` new device slots: where its host KV goes back to."""
+        assert seq.swapped is not None
+        self.swap.release(seq.swapped)
+        seq.swapped = None
+        return SwapOp(seq.request_id, tuple(seq.block_table[: self.blocks_for(seq.num_computed)]), seq.ring)
 
     def max_tokens_per_seq(self) -> int | None:
         """Most tokens one sequence can hold; None when no layer is paged (rings never grow)."""
@@ -114,4 +159,4 @@ class CacheManager:
         }
 
     def is_idle(self) -> bool:
-        return self.blocks.num_used == 0 and self.rings.num_used == 0
+        return self.blocks.num_used == 0 and self.rings.num_used == 0 and self.swap.used_bytes == 0

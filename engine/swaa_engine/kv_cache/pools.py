@@ -66,3 +66,36 @@ class RingPool(FreeList):
 def ring_slot(pos: int, sinks: int, window: int) -> int:
     """Slot of position ``pos`` in a ring: sinks keep their own slots, the rest wrap over ``window``."""
     return pos if pos < sinks else sinks + (pos - sinks) % window
+
+
+class SwapSpace:
+    """Host memory for preempted sequences' KV, counted in bytes against a budget (0: no swapping).
+
+    ``block_bytes``/``ring_bytes`` are one paged block across every paged layer and one ring across every
+    ring layer (``PoolPlan``'s units), so a sequence's host copy costs what its device slots cost.
+    """
+
+    def __init__(self, budget_bytes: int, block_bytes: int, ring_bytes: int):
+        if budget_bytes < 0:
+            raise ValueError(f"swap budget must be >= 0 bytes, got {budget_bytes}")
+        self.budget_bytes = budget_bytes
+        self.block_bytes = block_bytes
+        self.ring_bytes = ring_bytes
+        self.used_bytes = 0
+
+    def bytes_for(self, num_blocks: int, has_ring: bool) -> int:
+        return num_blocks * self.block_bytes + (self.ring_bytes if has_ring else 0)
+
+    def can_hold(self, nbytes: int) -> bool:
+        return self.budget_bytes > 0 and nbytes <= self.budget_bytes - self.used_bytes
+
+    def hold(self, nbytes: int) -> int:
+        if not self.can_hold(nbytes):
+            raise OutOfSlotsError(f"swap space: {nbytes} bytes do not fit ({self.used_bytes} of {self.budget_bytes} used)")
+        self.used_bytes += nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        if nbytes > self.used_bytes:
+            raise ValueError(f"swap space: releasing {nbytes} bytes, only {self.used_bytes} held")
+        self.used_bytes -= nbytes
