@@ -124,25 +124,24 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or self.dims.max_position_embeddings
         if self.max_model_len > self.dims.max_position_embeddings:
             raise ConfigError("max_model_len", f"{self.max_model_len} exceeds the model's limit {self.dims.max_position_embeddings}")
-        self.specs = config.swaa.layer_specs(self.dims.num_layers)
+        # A sequence never holds more than max_model_len tokens: rings are sized for that (one
+        # definition, kv_cache.pools.ring_size), and the attention geometry below uses the same limit.
+        self.specs = config.swaa.layer_specs(self.dims.num_layers, max_len=self.max_model_len)
 
         kv = KVShape(self.dims.num_kv_heads, self.dims.head_dim, torch.finfo(self.dtype).bits // 8)
         block_size = config.cache.block_size
         sched = config.scheduler
-        self.pool_plan = plan_pools(self.specs, kv, block_size, self._budget(config.cache, kv), sched.max_num_seqs)
+        budget = self._budget(config.cache, kv)
+        self.pool_plan = plan_pools(self.specs, kv, block_size, budget, sched.max_num_seqs)
         swap = SwapSpace(self._swap_budget(config.cache), self.pool_plan.block_bytes, self.pool_plan.ring_bytes)
         self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings, swap)
-        cap = self.cache.max_tokens_per_seq()
-        if cap is not None and cap < self.max_model_len:
-            raise ConfigError("cache", f"the cache budget holds {cap} tokens of paged KV, fewer than max_model_len={self.max_model_len}; raise the budget or lower max_model_len")
-        if self.cache.has_ring and self.cache.rings.total == 0:
-            raise ConfigError("cache", "the cache budget holds no ring; raise the budget")
+        self._check_plan(budget)
         self.scheduler = Scheduler(sched, self.cache)
 
         self.model = load_model(self.source, hf_config, self.dtype, self.device, random_weights=config.random_weights,
                                 seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa)
         caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
-        geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks)
+        geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks, max_len=self.max_model_len)
         self.backend = create_backend(
             config.attention_backend, self.device, geometry=geometry, num_heads=self.dims.num_heads,
             num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
@@ -176,6 +175,23 @@ class LLMEngine:
                             max_batch=self.config.scheduler.max_num_seqs, max_model_len=self.max_model_len,
                             scratch_block=self.pool_plan.num_blocks if CacheKind.PAGED in kinds else None,
                             scratch_ring=self.pool_plan.num_rings if CacheKind.RING in kinds else None)
+
+    def _check_plan(self, budget: int) -> None:
+        """Refuse a budget that cannot hold one full-length sequence, naming the numbers and the knob."""
+        plan, cache, L = self.pool_plan, self.cache, self.max_model_len
+        knob = "raise --cache-bytes (CacheConfig.budget_bytes)"
+        cap = cache.max_tokens_per_seq()
+        if cap is not None and cap < L:
+            raise ConfigError("cache", f"the cache budget of {budget} bytes holds {cap} tokens of paged KV "
+                                       f"({plan.block_bytes} bytes per block of {cache.block_size}), fewer than "
+                                       f"max_model_len={L}; {knob} or lower max_model_len")
+        if cache.has_ring and cache.rings.total == 0:
+            R, (w, s) = cache.rings.slots_per_ring, (self.config.swaa.window, self.config.swaa.sinks)
+            n = sum(sp.cache_kind is CacheKind.RING for sp in self.specs)
+            raise ConfigError("cache", f"the cache budget of {budget} bytes holds no ring: a ring needs {R} slots "
+                                       f"(min(sinks {s} + window {w}, max_model_len {L})) in each of {n} ring layers, "
+                                       f"{plan.ring_bytes} bytes, and each running sequence holds one; {knob} to at "
+                                       f"least {plan.ring_bytes} bytes")
 
     def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
         if cc.budget_bytes is not None:

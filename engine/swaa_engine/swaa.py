@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from swaa_engine.kv_cache.pools import ring_size
+
 
 class SWAAConfigError(ValueError):
     """A SWAA knob is invalid; ``field`` names the offending knob."""
@@ -51,6 +53,7 @@ class LayerSpec:
     kind: AttentionKind
     window: int | None  # None for FULL
     sinks: int
+    max_len: int | None = None  # most tokens a sequence holds (the engine's max_model_len); caps the ring
 
     @property
     def cache_kind(self) -> CacheKind:
@@ -59,7 +62,7 @@ class LayerSpec:
     @property
     def ring_slots(self) -> int:
         assert self.kind is AttentionKind.SLIDING_RING and self.window is not None
-        return self.sinks + self.window
+        return ring_size(self.window, self.sinks, self.max_len)
 
 
 _EVERY = re.compile(r"^every:(\d+)(?::(\d+))?$")
@@ -161,7 +164,8 @@ class SWAAConfig:
     def is_full(self) -> bool:
         return self.window is None
 
-    def layer_specs(self, num_layers: int) -> tuple[LayerSpec, ...]:
+    def layer_specs(self, num_layers: int, max_len: int | None = None) -> tuple[LayerSpec, ...]:
+        """One spec per layer; ``max_len`` (tokens a sequence can reach) caps ring layers' rings."""
         if num_layers <= 0:
             raise SWAAConfigError("num_layers", f"must be > 0, got {num_layers}")
         if self.window is None:
@@ -178,7 +182,7 @@ class SWAAConfig:
             elif i in fad:
                 specs.append(LayerSpec(i, AttentionKind.SLIDING_FA_DECODE, self.window, self.sinks))
             else:
-                specs.append(LayerSpec(i, AttentionKind.SLIDING_RING, self.window, self.sinks))
+                specs.append(LayerSpec(i, AttentionKind.SLIDING_RING, self.window, self.sinks, max_len))
         return tuple(specs)
 
     def describe(self) -> str:

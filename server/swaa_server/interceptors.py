@@ -22,8 +22,22 @@ def _replace_behaviour(handler: grpc.RpcMethodHandler, unary, stream):
     return handler
 
 
+def bearer_token(value: str) -> str | None:
+    """The token of an ``authorization`` value, or None when it is not the bearer scheme.
+
+    The scheme is case-insensitive and one or more spaces separate it from the token (RFC 7235
+    §2.1, RFC 6750 §2.1): some HTTP/2 clients and proxies send ``bearer``.
+    """
+    scheme, sep, rest = value.partition(" ")
+    # isascii: str.lower maps a few non-ASCII letters onto ASCII ones (the Kelvin sign onto "k")
+    if not sep or not scheme.isascii() or scheme.lower() != "bearer":
+        return None
+    return rest.lstrip(" ") or None
+
+
 class BearerAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` with one of ``tokens`` on every rpc but health and reflection."""
+    """Requires ``authorization: Bearer <token>`` (the scheme in any case) with one of ``tokens`` on
+    every rpc but health and reflection."""
 
     def __init__(self, tokens: tuple[str, ...]):
         if not tokens or any(not t for t in tokens):
@@ -32,10 +46,9 @@ class BearerAuth(grpc.aio.ServerInterceptor):
 
     def _authorized(self, metadata) -> bool:
         for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                given = value[len("Bearer "):].encode()
+            if key == "authorization" and isinstance(value, str) and (given := bearer_token(value)) is not None:
                 # compare against every token in constant time: no early exit that leaks which prefix matched
-                return any([hmac.compare_digest(given, t) for t in self._tokens])
+                return any([hmac.compare_digest(given.encode(), t) for t in self._tokens])
         return False
 
     async def intercept_service(self, continuation, details):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
+from swaa_engine.kv_cache.pools import ring_size, ring_slot
 from swaa_engine.swaa import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ class CacheGeometry:
     block_size: int
     window: int | None
     sinks: int
+    max_len: int | None = None  # the engine's max_model_len; must be the one its layer specs were built with
 
     @property
     def ring_slots(self) -> int:
-        return (self.window or 0) + self.sinks
+        """Slots per ring: the stride of ``ring * ring_slots + slot`` (the cache tensors' second dimension)."""
+        return ring_size(self.window or 0, self.sinks, self.max_len)
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,6 @@ class CacheWrites:
 
 
 def cache_writes(layout: StepLayout, g: CacheGeometry) -> CacheWrites:
-    from swaa_engine.kv_cache.pools import ring_slot
-
     bs, W, S, R = g.block_size, g.window, g.sinks, g.ring_slots
     has_ring = any(e.ring is not None for e in layout.entries)
     has_paged = any(e.block_table for e in layout.entries)
@@ -106,7 +107,8 @@ class AttentionBackend(ABC):
     ``prepare`` runs once per step and returns metadata shared by all layers; ``forward`` runs
     per layer, writes the new keys/values into the layer's cache and returns ``[T, heads*dim]``.
     Paged caches are ``[num_blocks, block_size, kv_heads, head_dim]``; ring caches are
-    ``[num_rings, sinks + window, kv_heads, head_dim]``; keys are stored after RoPE.
+    ``[num_rings, ring_slots, kv_heads, head_dim]`` (``sinks + window``, capped at max_model_len); keys
+    are stored after RoPE.
     """
 
     name: ClassVar[str]
@@ -133,7 +135,7 @@ class AttentionBackend(ABC):
                 vc.view(-1, self.num_kv_heads, self.head_dim))
 
     def decode_tables(self, layout: StepLayout) -> tuple[DecodeTables | None, DecodeTables | None]:
-        """(paged, ring) tables of the step's decodes; a ring is one page of ``sinks + window`` slots."""
+        """(paged, ring) tables of the step's decodes; a ring is one page of ``ring_slots`` slots."""
         decodes = layout.entries[: layout.num_decodes]
         if not decodes:
             return None, None

@@ -5,7 +5,7 @@
   (sequence, KV head) leaves most of the 132 SMs idle at small batches with long contexts. The
   grid is fixed by (batch, kv heads, splits) and each program finds its key range from the
   sequence length it reads on the device, so the call needs no host data per step and can be
-  captured in a CUDA graph. A ring is one page of ``sinks + window`` slots.
+  captured in a CUDA graph. A ring is one page of ``ring_slots`` slots (``kv_cache.pools.ring_size``).
 - ``merge_sinks``: the sinks that fell out of a query's window, attended and merged by LSE into
   the window-only output in place, in one pass over the rows (no score tensor in memory).
 

@@ -56,11 +56,21 @@ class BlockPool(FreeList):
 
 
 class RingPool(FreeList):
-    """Rings of ``sinks + window`` slots, one per running sequence, shared by every ring layer."""
+    """Rings of ``ring_size`` slots, one per running sequence, shared by every ring layer."""
 
     def __init__(self, num_rings: int, slots_per_ring: int):
         super().__init__(num_rings, "ring")
         self.slots_per_ring = slots_per_ring
+
+
+def ring_size(window: int, sinks: int, max_len: int | None) -> int:
+    """Slots of one ring: ``sinks + window``, but never more than a sequence can hold (``max_len``).
+
+    The one definition of a ring's size (pools, cache tensors and attention index rings with it).
+    Capped at ``max_len <= sinks + window``, positions below ``max_len`` never wrap, so
+    :func:`ring_slot` maps each to its own slot and every slot is one the window can see.
+    """
+    return sinks + window if max_len is None else min(sinks + window, max_len)
 
 
 def ring_slot(pos: int, sinks: int, window: int) -> int:

@@ -35,7 +35,8 @@ class GenerationStub:
     RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
-    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
+    is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
     """
@@ -83,7 +84,8 @@ class GenerationServicer:
     RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
-    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
+    is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
     """
@@ -170,7 +172,8 @@ class Generation:
     RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
-    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong
+    UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
+    is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
     """
