@@ -183,7 +183,7 @@ class LLMEngine:
             for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise InvalidRequestError(f"messages[{i}]", "each message needs a string role and content")
-            bounds.count(self._count_encode, "\n".join(m["content"] for m in prompt))
+            bounds.count(self._count_encode, "\n".join(f"{m['role']}\n{m['content']}" for m in prompt))
             ids = self._encode_chat(prompt)
         elif isinstance(prompt, (list, tuple)):
             ids = list(prompt)

@@ -15,6 +15,9 @@ from typing import Callable, Sequence
 from swaa_engine.sampling_params import InvalidRequestError
 
 MAX_REQUEST_ID_LEN = 256
+# Room in a serialized request for everything but the prompt: sampling (16 stop strings of 256 characters,
+# 64 stop token ids), the request id, field tags. Well under this in any valid request.
+REQUEST_OVERHEAD_BYTES = 64 << 10
 
 
 def request_id_problem(request_id: str) -> str | None:
@@ -66,6 +69,20 @@ class PromptBounds:
         return self.max_chars_per_token * self.max_prompt_tokens
 
     @property
+    def max_request_bytes(self) -> int:
+        """The largest serialized request that can carry a prompt within these bounds: max_chars characters of
+        UTF-8 (<= 4 bytes each), up to 24 bytes of framing per message or token id, and the other fields. A larger
+        request is refused before it is parsed."""
+        return 4 * self.max_chars + 24 * self.max_prompt_tokens + REQUEST_OVERHEAD_BYTES
+
+    def check_request_bytes(self, size: int) -> None:
+        """Names the whole "request": which field made it this large is not known before parsing it."""
+        if size > self.max_request_bytes:
+            raise InvalidRequestError("request", f"{size} bytes; no valid request for this model needs more than "
+                                                 f"{self.max_request_bytes} (a prompt of at most {self.max_prompt_tokens} tokens, "
+                                                 f"a request_id of at most {MAX_REQUEST_ID_LEN} characters)")
+
+    @property
     def count_cutoff(self) -> int:
         """``count_tokens_upto`` stops past this: far enough over the limit that chunk boundaries (a few tokens
         each) cannot account for it, so the exact count is never needed to refuse."""
@@ -94,8 +111,9 @@ class PromptBounds:
             raise self._over(f"{count} messages")
 
     def check_content_chars(self, chars: int) -> None:
+        """``chars``: of every message's role and content (templates write the role out too)."""
         if chars > self.max_chars:
-            raise self._over(f"{chars} characters of message content (a token covers at most {self.max_chars_per_token})")
+            raise self._over(f"{chars} characters of messages (a token covers at most {self.max_chars_per_token})")
 
     def check(self, prompt) -> None:
         """The cheap checks on an engine prompt (text, token ids or chat messages), before any tokenization."""
@@ -103,8 +121,8 @@ class PromptBounds:
             self.check_text(len(prompt))
         elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict):
             self.check_message_count(len(prompt))  # first: summing a million contents is itself the cost
-            self.check_content_chars(sum(len(m["content"]) for m in prompt
-                                         if isinstance(m, dict) and isinstance(m.get("content"), str)))
+            self.check_content_chars(sum(len(v) for m in prompt if isinstance(m, dict)
+                                         for v in (m.get("role"), m.get("content")) if isinstance(v, str)))
         elif isinstance(prompt, (list, tuple)):
             self.check_token_ids(len(prompt))
 

@@ -30,6 +30,7 @@ class RequestIdInUseError(ValueError):
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
+MAX_STOP_TOKEN_IDS = 64  # each generated token is checked against them: the list must stay short
 MAX_LOGPROBS = 20
 # Below this a temperature is greedy: dividing logits by a tiny (or denormal) temperature overflows float32,
 # and the distribution it stands for is argmax anyway (a logit gap of 1e-4 is already a factor e^10).
@@ -74,6 +75,8 @@ class SamplingParams:
         _check(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         for s in self.stop:
             _check(isinstance(s, str) and 0 < len(s) <= MAX_STOP_LEN, "stop", f"each stop string must have 1..{MAX_STOP_LEN} characters")
+        _check(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+               f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}")
         for t in self.stop_token_ids:
             _check(isinstance(t, int) and t >= 0, "stop_token_ids", f"token ids must be >= 0, got {t}")
         if self.logprobs is not None:

@@ -63,7 +63,7 @@ def prompt_of(req, bounds: PromptBounds | None = None) -> str | list[int] | list
             raise InvalidRequestError("chat.messages", "is empty")
         if bounds is not None:
             bounds.check_message_count(len(messages))
-            bounds.check_content_chars(sum(len(m.content) for m in messages))
+            bounds.check_content_chars(sum(len(m.role) + len(m.content) for m in messages))
         return [{"role": m.role, "content": m.content} for m in messages]
     raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
 

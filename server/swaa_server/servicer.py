@@ -20,7 +20,7 @@ from swaa_server.frontend import Frontend, ReplicaUnavailableError
 log = structlog.get_logger("swaa.request")
 
 
-def _bad_request(e: InvalidRequestError) -> status_pb2.Status:
+def bad_request(e: InvalidRequestError) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=convert.proto_field(e.field), description=e.description)]))
@@ -31,7 +31,7 @@ async def _abort_with(context, e: Exception, request_id: str = ""):
     log.info("request.rejected", request_id=request_id if request_id and request_id_problem(request_id) is None else None,
              error=type(e).__name__, field=getattr(e, "field", None), reason=getattr(e, "description", str(e)))
     if isinstance(e, InvalidRequestError):
-        await context.abort_with_status(rpc_status.to_status(_bad_request(e)))
+        await context.abort_with_status(rpc_status.to_status(bad_request(e)))
     if isinstance(e, RequestIdInUseError):
         await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
     if isinstance(e, QueueFullError):
