@@ -140,17 +140,19 @@ def test_deadlines_end_engine_requests_at_once(served):
     import asyncio
 
     long_text = " ".join(["word"] * 170)  # ~170 tokens; the chat of two ~375
-    prompts = [long_text, [{"role": "user", "content": long_text}] * 2]
+    # as many tokens as fit: a request left running would hold its slots for seconds
+    prompts = [(long_text, 330), ([{"role": "user", "content": long_text}] * 2, 130)]
 
     async def main():
         async with AsyncClient(served.target) as c:
             async def one(i):
-                kw = dict(max_tokens=100, ignore_eos=True, timeout=0.02 + 0.01 * (i % 12))
+                prompt, max_tokens = prompts[i % 4 // 2]
+                kw = dict(max_tokens=max_tokens, ignore_eos=True, timeout=0.02 + 0.01 * (i % 12))
                 try:
                     if i % 2:
-                        await c.generate(prompts[i % 4 // 2], **kw)
+                        await c.generate(prompt, **kw)
                     else:
-                        async for _ in c.stream(prompts[i % 4 // 2], **kw):
+                        async for _ in c.stream(prompt, **kw):
                             pass
                     return "ok"
                 except DeadlineExceededError:
