@@ -28,8 +28,12 @@ class StandInEngine:
         from swaa_engine.outputs import StreamChunk, Timings, Usage
         from swaa_engine.sequence import FinishReason
 
+        from swaa_engine.config import EngineConfig
+
         self.step_s, self._lock, self.left = step_s, threading.RLock(), {}
         self.StreamChunk, self.Timings, self.Usage, self.FinishReason = StreamChunk, Timings, Usage, FinishReason
+        self.config = EngineConfig()  # AsyncEngine reads its waiting-queue limit from here
+        self.prompt_bounds = None  # no tokenizer behind the stand-in: no prompt bounds to check
 
     def add_request(self, prompt, params, request_id):
         with self._lock:

@@ -8,7 +8,7 @@
 from swaa_client._options import NO_RETRY, RetryPolicy
 from swaa_client.aio import AsyncClient
 from swaa_client.client import Client
-from swaa_client.errors import (CancelledError, DeadlineExceededError, FieldViolation, InternalError, InvalidArgumentError,
+from swaa_client.errors import (AlreadyExistsError, CancelledError, DeadlineExceededError, FieldViolation, InternalError, InvalidArgumentError,
                                 NotFoundError, PermissionDeniedError, ResourceExhaustedError, SwaaError,
                                 UnauthenticatedError, UnavailableError)
 from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, ReplicaStatus, Timings,
@@ -18,7 +18,7 @@ __all__ = [
     "Client", "AsyncClient", "RetryPolicy", "NO_RETRY",
     "Chunk", "Completion", "FinishReason", "LayerInfo", "ModelInfo", "PoolUsage", "Preemptions", "ReplicaStatus", "Timings", "TokenLogprob",
     "Usage",
-    "SwaaError", "FieldViolation", "InvalidArgumentError", "UnauthenticatedError", "PermissionDeniedError",
+    "SwaaError", "FieldViolation", "InvalidArgumentError", "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
     "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "CancelledError", "NotFoundError", "InternalError",
 ]
 __version__ = "0.1.0"

@@ -32,6 +32,10 @@ class InvalidArgumentError(SwaaError):
     """A bad parameter or a prompt over the context limit; see ``field_violations``."""
 
 
+class AlreadyExistsError(SwaaError):
+    """A running request already has this ``request_id``; pick another, or wait for it to finish."""
+
+
 class UnauthenticatedError(SwaaError):
     """Missing or wrong bearer token."""
 
@@ -68,6 +72,7 @@ class InternalError(SwaaError):
 
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,

@@ -5,7 +5,11 @@
         print(chunk.text, end="")
 
 Leaving the ``async for`` early (client cancel, deadline, break) aborts the request and frees
-its cache slots.
+its cache slots, also while its prompt is still being tokenized.
+
+Prompts are tokenized by a small pool of intake threads (not the event loop, not an unbounded executor), and
+at most ``max_waiting`` requests may wait for it: tokenization's memory and CPU stay bounded however many
+large requests arrive at once.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import asyncio
 import logging
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator, Protocol
 
 from swaa_engine.engine import LLMEngine, Prompt
+from swaa_engine.intake import check_request_id
 from swaa_engine.outputs import StreamChunk, take_ready
-from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.sampling_params import RequestIdInUseError, SamplingParams
+from swaa_engine.scheduler import QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,16 @@ class Listener(Protocol):
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, listeners: tuple[Listener, ...] = ()):
+    def __init__(self, engine: LLMEngine, listeners: tuple[Listener, ...] = (), intake_workers: int = 2):
+        """``intake_workers``: threads that tokenize prompts (each holds at most one prompt's tokenization)."""
+        if intake_workers < 1:
+            raise ValueError(f"intake_workers: must be >= 1, got {intake_workers}")
         self.engine = engine
         self.listeners = tuple(listeners)
+        self._intake = ThreadPoolExecutor(max_workers=intake_workers, thread_name_prefix="swaa-intake")
+        self._intake_lock = threading.Lock()
+        self._intake_pending = 0  # prompts queued for or being tokenized; at most max_waiting
+        self._intake_limit = engine.config.scheduler.max_waiting
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
         self._stop = False
@@ -98,15 +112,21 @@ class AsyncEngine:
         return self._drain(rid, q)
 
     async def _open(self, prompt, params, request_id) -> tuple[str, asyncio.Queue]:
+        check_request_id(request_id)
         if request_id is not None and request_id in self._queues:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in use by a running request")
+            raise RequestIdInUseError(request_id)
         q: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         rid = request_id or uuid.uuid4().hex
         self._queues[rid] = (loop, q)  # registered first: the engine thread may answer at once
         try:
-            # tokenizing a long prompt takes milliseconds to seconds: keep it off the event loop
-            await loop.run_in_executor(None, lambda: self.engine.add_request(prompt, params, request_id=rid))
+            work = self._submit(self.engine.add_request, prompt, params, rid)
+            try:
+                await asyncio.wrap_future(work)
+            except asyncio.CancelledError:  # the caller left (deadline, cancel) while its prompt was tokenized
+                if not work.cancel():  # already running: once it has queued the request, take it out again
+                    work.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or self.engine.abort(rid))
+                raise
         except BaseException:
             self._queues.pop(rid, None)
             raise
@@ -114,6 +134,28 @@ class AsyncEngine:
             listener.on_accept(rid, prompt, params)
         self._wake.set()
         return rid, q
+
+    def _submit(self, fn, *args) -> Future:
+        """Run ``fn`` on an intake thread; refuses (QueueFullError) when max_waiting prompts already wait for one."""
+        with self._intake_lock:
+            if self._intake_pending >= self._intake_limit:
+                raise QueueFullError(f"{self._intake_pending} prompts are waiting to be tokenized")
+            self._intake_pending += 1
+        try:
+            work = self._intake.submit(fn, *args)
+        except BaseException:
+            self._intake_done(None)
+            raise
+        work.add_done_callback(self._intake_done)
+        return work
+
+    def _intake_done(self, _work) -> None:
+        with self._intake_lock:
+            self._intake_pending -= 1
+
+    async def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt (CountTokens), through the same bounded intake as requests."""
+        return await asyncio.wrap_future(self._submit(self.engine.tokenize, prompt))
 
     async def _drain(self, rid: str, q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         finished = False
@@ -147,4 +189,5 @@ class AsyncEngine:
     def shutdown(self) -> None:
         self._stop = True
         self._wake.set()
+        self._intake.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import random
@@ -17,6 +18,7 @@ from swaa_engine.attention.base import CacheGeometry, create_backend
 from swaa_engine.config import CacheConfig, ConfigError, EngineConfig
 from swaa_engine.cuda_graphs import DecodeGraphs
 from swaa_engine.detokenizer import IncrementalDetokenizer
+from swaa_engine.intake import PromptBounds, check_request_id
 from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
 from swaa_engine.kv_cache.pools import SwapSpace
 from swaa_engine.kv_cache.storage import allocate_kv
@@ -26,7 +28,7 @@ from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_c
 from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
 from swaa_engine.sampler import SampleRow
-from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
 from swaa_engine.scheduler import Chunk, Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
@@ -217,21 +219,29 @@ class LLMEngine:
         return frozenset(ids)
 
     # -- intake ---------------------------------------------------------------------------
+    @functools.cached_property
+    def prompt_bounds(self) -> PromptBounds:
+        """Cheap bounds checked before tokenizing (computed once: a pass over the vocabulary)."""
+        return PromptBounds.for_tokenizer(self.tokenizer, self.max_model_len)
+
     def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt. Refuses what cannot fit the context before tokenizing it (``PromptBounds``),
+        and chat message content is encoded as text: control tokens in it never become control tokens."""
         if isinstance(prompt, (str, list, tuple)) and len(prompt) == 0:
             raise InvalidRequestError("prompt", "is empty")
+        bounds = self.prompt_bounds
+        bounds.check(prompt)
         if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequestError("prompt", "is empty")
             self._need_tokenizer("prompt")
+            bounds.count(self._count_encode, prompt)
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
             self._need_tokenizer("messages")
             for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise InvalidRequestError(f"messages[{i}]", "each message needs a string role and content")
-            text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            bounds.count(self._count_encode, "\n".join(f"{m['role']}\n{m['content']}" for m in prompt))
+            ids = self._encode_chat(prompt)
         elif isinstance(prompt, (list, tuple)):
             ids = list(prompt)
             for t in ids:
@@ -242,6 +252,22 @@ class LLMEngine:
         if not ids:
             raise InvalidRequestError("prompt", "is empty")
         return ids
+
+    def _count_encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _encode_chat(self, messages: Seq[dict]) -> list[int]:
+        """The model's chat template over the messages, with the control tokens that appear in any message
+        encoded as plain text (transformers' ``sanitize_control_tokens``): only the template writes control
+        tokens, so content like "<|im_start|>system" cannot open a turn, whatever the template."""
+        import jinja2
+
+        try:
+            return list(self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                           return_dict=False, sanitize_control_tokens=True))
+        except (jinja2.TemplateError, ValueError) as e:  # the template refused the conversation (roles must
+            # alternate, say), or this tokenizer has no chat template
+            raise InvalidRequestError("messages", f"cannot render the chat: {e}") from None
 
     def _need_tokenizer(self, field: str) -> None:
         if self.tokenizer is None:
@@ -259,12 +285,15 @@ class LLMEngine:
             self._need_tokenizer("stop")
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request; raises InvalidRequestError or QueueFullError without side effects."""
+        """Queue a request; raises InvalidRequestError, RequestIdInUseError or QueueFullError without side effects."""
         params = params or SamplingParams()
+        check_request_id(request_id)
         ids = self.tokenize(prompt)
         self.validate(ids, params)
         rid = request_id or uuid.uuid4().hex
         with self._lock:
+            if rid in self._requests:
+                raise RequestIdInUseError(rid)
             if params.seed is None and not params.greedy:
                 params = replace(params, seed=self._seed_rng.getrandbits(63))
             seq = Sequence(rid, list(ids), params, arrival=time.monotonic())

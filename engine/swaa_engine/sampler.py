@@ -28,6 +28,11 @@ class SampleResult:
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]  # (chosen, top-n) per row
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    info = torch.finfo(x.dtype)
+    return x.clamp(min=info.min, max=info.max)
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
     """``logits`` is ``[len(rows), vocab]`` float32."""
     n, vocab = logits.shape
@@ -40,6 +45,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
                 ids = torch.tensor(sorted(set(t for t in r.history if t < vocab)), dtype=torch.long, device=logits.device)
                 sel = logits[i, ids]
                 logits[i, ids] = torch.where(sel > 0, sel / pen, sel * pen)
+        logits = _finite(logits)  # a penalty near 0 can overflow a logit to ±inf
 
     chosen = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
@@ -47,7 +53,9 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
         idx = torch.tensor(stochastic, dtype=torch.long, device=logits.device)
         sub = logits[idx]
         temp = torch.tensor([rows[i].params.temperature for i in stochastic], device=logits.device)[:, None]
-        probs_sorted, order = torch.sort(torch.softmax(sub / temp, dim=-1), dim=-1, descending=True)
+        # temperatures are >= GREEDY_TEMPERATURE here, but large logits over a small one can still overflow:
+        # clamped, equal maxima share the mass instead of turning the softmax into NaN
+        probs_sorted, order = torch.sort(torch.softmax(_finite(sub / temp), dim=-1), dim=-1, descending=True)
         rank = torch.arange(vocab, device=logits.device)[None, :]
         top_k = torch.tensor([rows[i].params.top_k or vocab for i in stochastic], device=logits.device)[:, None]
         top_p = torch.tensor([rows[i].params.top_p for i in stochastic], device=logits.device)[:, None]

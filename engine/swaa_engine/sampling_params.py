@@ -17,16 +17,31 @@ class InvalidRequestError(ValueError):
         return type(self), (self.field, self.description)
 
 
+class RequestIdInUseError(ValueError):
+    """A running request already has this id (the server maps this to ALREADY_EXISTS)."""
+
+    def __init__(self, request_id: str):
+        super().__init__(f"request_id: {request_id!r} is already in use by a running request")
+        self.request_id = request_id
+
+    def __reduce__(self):  # crosses process boundaries (Ray replicas)
+        return type(self), (self.request_id,)
+
+
 MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
+MAX_STOP_TOKEN_IDS = 64  # each generated token is checked against them: the list must stay short
 MAX_LOGPROBS = 20
+# Below this a temperature is greedy: dividing logits by a tiny (or denormal) temperature overflows float32,
+# and the distribution it stands for is argmax anyway (a logit gap of 1e-4 is already a factor e^10).
+GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
 
-    ``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` and ``min_p == 0`` disable
+    ``temperature`` below ``GREEDY_TEMPERATURE`` (1e-5; 0 included) is greedy. ``top_k == 0`` and ``top_p == 1`` and ``min_p == 0`` disable
     those filters. ``seed`` makes sampling reproducible whatever else shares the batch.
     ``logprobs`` asks for the chosen token's log-probability plus that many top alternatives.
     """
@@ -60,6 +75,8 @@ class SamplingParams:
         _check(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
         for s in self.stop:
             _check(isinstance(s, str) and 0 < len(s) <= MAX_STOP_LEN, "stop", f"each stop string must have 1..{MAX_STOP_LEN} characters")
+        _check(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+               f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}")
         for t in self.stop_token_ids:
             _check(isinstance(t, int) and t >= 0, "stop_token_ids", f"token ids must be >= 0, got {t}")
         if self.logprobs is not None:
@@ -67,7 +84,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:

@@ -17,7 +17,7 @@ from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.engine import LLMEngine
 from swaa_server.frontend import LocalFrontend
-from swaa_server.interceptors import BearerAuth, DecodeErrors
+from swaa_server.interceptors import BearerAuth, DecodeErrors, RequestBytes
 from swaa_server.servicer import GenerationServicer
 from swaa_server.telemetry import Metrics, RequestLog
 
@@ -83,13 +83,15 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
                 stop: asyncio.Event | None = None, engine: LLMEngine | None = None, replicas=None) -> None:
     """``replicas`` (a ``replicas.ReplicaConfig``): run the engines as Ray actors behind this front end."""
     sc = server_config
-    # outermost first: an unauthenticated caller learns nothing, not even that its message was malformed
-    interceptors = ([BearerAuth(sc.auth_tokens)] if sc.auth_tokens else []) + [DecodeErrors()]
+    servicer = GenerationServicer()  # registered before start; answers UNAVAILABLE until the engine is ready
+    # outermost first: an unauthenticated caller learns nothing, not even that its message was malformed;
+    # innermost, a request too large for any prompt the model can take is refused before it is parsed
+    interceptors = ([BearerAuth(sc.auth_tokens)] if sc.auth_tokens else []) + [
+        DecodeErrors(), RequestBytes(lambda: servicer.engine.bounds() if servicer.engine is not None else None)]
     server = grpc.aio.server(options=sc.grpc_options(), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([SERVICE, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    servicer = GenerationServicer()  # registered before start; answers UNAVAILABLE until the engine is ready
     pb_grpc.add_GenerationServicer_to_server(servicer, server)
     address = f"{sc.host}:{sc.port}"
     port = server.add_secure_port(address, sc.tls.credentials()) if sc.tls else server.add_insecure_port(address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+from swaa_engine.intake import PromptBounds, check_request_id
 from swaa_engine.outputs import Completion, StreamChunk
 from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
 from swaa_engine.sequence import FinishReason
@@ -37,16 +38,33 @@ def proto_field(engine_field: str) -> str:
     return engine_field
 
 
-def prompt_of(req) -> str | list[int] | list[dict]:
+def request_id_of(req) -> str | None:
+    """The caller's request id (None: the server makes one); refused before it reaches any log."""
+    rid = req.request_id or None
+    check_request_id(rid)
+    return rid
+
+
+def prompt_of(req, bounds: PromptBounds | None = None) -> str | list[int] | list[dict]:
+    """The prompt of a GenerateRequest or CountTokensRequest. With ``bounds``, what cannot fit the context is
+    refused before it is copied into Python objects (a million chat messages cost seconds to convert)."""
     which = req.WhichOneof("prompt")
     if which == "text":
+        if bounds is not None:
+            bounds.check_text(len(req.text))
         return req.text
     if which == "token_ids":
+        if bounds is not None:
+            bounds.check_token_ids(len(req.token_ids.ids))
         return list(req.token_ids.ids)
     if which == "chat":
-        if not req.chat.messages:
+        messages = req.chat.messages
+        if not messages:
             raise InvalidRequestError("chat.messages", "is empty")
-        return [{"role": m.role, "content": m.content} for m in req.chat.messages]
+        if bounds is not None:
+            bounds.check_message_count(len(messages))
+            bounds.check_content_chars(sum(len(m.role) + len(m.content) for m in messages))
+        return [{"role": m.role, "content": m.content} for m in messages]
     raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
 
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.engine import Prompt
+from swaa_engine.intake import PromptBounds
 from swaa_engine.outputs import StreamChunk
 from swaa_engine.sampling_params import SamplingParams
 from swaa_engine.swaa import LayerSpec, SWAAConfig
@@ -35,6 +35,7 @@ class EngineSnapshot:
     preemptions: dict  # the fields of swaa.v1.Preemptions
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
+    bounds: PromptBounds | None = None  # what a prompt must meet before it is even converted (None: unknown)
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -42,7 +43,8 @@ def snapshot(engine) -> EngineSnapshot:
     load = engine.load
     return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                           tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, load.usage,
-                          load.running, load.waiting, load.preemptions, load.steps, load.step_seconds)
+                          load.running, load.waiting, load.preemptions, load.steps, load.step_seconds,
+                          engine.prompt_bounds)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class Frontend(Protocol):
 
     async def tokenize(self, prompt: Prompt) -> list[int]: ...
 
+    def bounds(self) -> PromptBounds | None:
+        """Cheap prompt bounds to check before converting a request (None until an engine has answered)."""
+        ...
+
     async def info(self) -> tuple[EngineSnapshot, tuple[ReplicaView, ...]]:
         """The model (summed usage) and, with replicas, one view per replica."""
         ...
@@ -79,6 +85,7 @@ class LocalFrontend:
     def __init__(self, front: AsyncEngine):
         self.front = front
         self.engine = front.engine
+        self._bounds = self.engine.prompt_bounds  # computed now (a pass over the vocabulary), not on a request
 
     def stream(self, prompt, params=None, request_id=None):
         return self.front.stream(prompt, params, request_id)
@@ -90,8 +97,10 @@ class LocalFrontend:
         return self.front.abort(request_id)
 
     async def tokenize(self, prompt) -> list[int]:
-        # tokenizing a long prompt takes milliseconds to seconds: keep it off the event loop
-        return await asyncio.get_running_loop().run_in_executor(None, self.engine.tokenize, prompt)
+        return await self.front.tokenize(prompt)  # the engine's bounded intake threads, not the event loop
+
+    def bounds(self):
+        return self._bounds
 
     async def info(self):
         return snapshot(self.engine), ()

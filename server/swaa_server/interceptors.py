@@ -1,11 +1,18 @@
-"""Server interceptors: bearer-token auth, and INVALID_ARGUMENT (not UNKNOWN) for undecodable requests."""
+"""Server interceptors: bearer-token auth, INVALID_ARGUMENT (not UNKNOWN) for undecodable requests, and
+oversized requests refused before they are parsed."""
 
 from __future__ import annotations
 
 import hmac
+from typing import Callable
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_status import rpc_status
+
+from swaa_engine.intake import PromptBounds
+from swaa_engine.sampling_params import InvalidRequestError
+from swaa_server.servicer import bad_request
 
 # probes and tooling must work without a token: health for kubelet, reflection for grpcurl
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -66,9 +73,45 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         return _replace_behaviour(handler, deny, deny_stream)
 
 
-class _Undecodable:
-    def __init__(self, error: Exception):
-        self.error = error
+class _Refused:
+    """What a guarded deserializer returns instead of a request: the handler aborts with ``status``."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, status=None):
+        self.code, self.details, self.status = code, details, status
+
+    async def abort(self, context):
+        if self.status is not None:
+            await context.abort_with_status(self.status)
+        await context.abort(self.code, self.details)
+
+
+def _with_parser(handler: grpc.RpcMethodHandler, parse) -> grpc.RpcMethodHandler:
+    """``handler`` with ``parse`` as its deserializer; a ``_Refused`` from it ends the call before the handler runs."""
+    inner_unary, inner_stream = handler.unary_unary, handler.unary_stream
+
+    async def unary(request, context):
+        if isinstance(request, _Refused):
+            await request.abort(context)
+        return await inner_unary(request, context)
+
+    async def stream(request, context):
+        if isinstance(request, _Refused):
+            await request.abort(context)
+        async for item in inner_stream(request, context):
+            yield item
+
+    if inner_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=parse,
+                                                   response_serializer=handler.response_serializer)
+    if inner_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=parse,
+                                                    response_serializer=handler.response_serializer)
+    return handler
+
+
+def _ours(handler, details) -> bool:
+    # only our own handlers: they are coroutines / async generators (health's Watch writes via context)
+    return handler is not None and handler.request_deserializer is not None and details.method.startswith("/swaa.v1.")
 
 
 class DecodeErrors(grpc.aio.ServerInterceptor):
@@ -77,8 +120,7 @@ class DecodeErrors(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        # only our own handlers: they are coroutines / async generators (health's Watch writes via context)
-        if handler is None or handler.request_deserializer is None or not details.method.startswith("/swaa.v1."):
+        if not _ours(handler, details):
             return handler
         parse = handler.request_deserializer
 
@@ -86,25 +128,32 @@ class DecodeErrors(grpc.aio.ServerInterceptor):
             try:
                 return parse(data)
             except DecodeError as e:
-                return _Undecodable(e)
+                return _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: {e}")
 
-        inner_unary, inner_stream = handler.unary_unary, handler.unary_stream
+        return _with_parser(handler, lenient)
 
-        async def unary(request, context):
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: {request.error}")
-            return await inner_unary(request, context)
 
-        async def stream(request, context):
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid message: {request.error}")
-            async for item in inner_stream(request, context):
-                yield item
+class RequestBytes(grpc.aio.ServerInterceptor):
+    """Refuses a request larger than any valid one for the model before it is parsed (INVALID_ARGUMENT naming
+    "request"): a 15 MB text or a million chat messages then cost their transfer, not a parse into Python
+    objects on the event loop. ``bounds()`` gives the serving engine's PromptBounds (None: not known yet)."""
 
-        if inner_unary:
-            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=lenient,
-                                                       response_serializer=handler.response_serializer)
-        if inner_stream:
-            return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=lenient,
-                                                        response_serializer=handler.response_serializer)
-        return handler
+    def __init__(self, bounds: Callable[[], PromptBounds | None]):
+        self._bounds = bounds
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if not _ours(handler, details):
+            return handler
+        parse = handler.request_deserializer
+
+        def bounded(data: bytes):
+            bounds = self._bounds()
+            try:
+                if bounds is not None:
+                    bounds.check_request_bytes(len(data))
+            except InvalidRequestError as e:
+                return _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), rpc_status.to_status(bad_request(e)))
+            return parse(data)
+
+        return _with_parser(handler, bounded)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.outputs import take_ready
-from swaa_engine.sampling_params import InvalidRequestError
+from swaa_engine.intake import check_request_id
+from swaa_engine.sampling_params import RequestIdInUseError
 from swaa_server.frontend import EngineSnapshot, ReplicaUnavailableError, ReplicaView, snapshot
 
 log = logging.getLogger("swaa.replicas")
@@ -56,6 +57,7 @@ class EngineReplica:
         self.index = index
         self.engine = LLMEngine(config)
         self.engine.warmup()  # kernels compile before the replica reports ready
+        self.engine.prompt_bounds  # noqa: B018 — computed now (a pass over the vocabulary), not on a request
         self.front = AsyncEngine(self.engine)
         self._outbox: asyncio.Queue | None = None
         self._tasks: dict[str, asyncio.Task] = {}
@@ -92,7 +94,7 @@ class EngineReplica:
         return self.front.abort(request_id)
 
     async def tokenize(self, prompt) -> list[int]:
-        return await asyncio.get_running_loop().run_in_executor(None, self.engine.tokenize, prompt)
+        return await self.front.tokenize(prompt)
 
     async def load(self) -> tuple[int, EngineSnapshot]:
         """(process id, snapshot): a new pid means Ray restarted this replica."""
@@ -272,18 +274,21 @@ class ReplicaRouter:
         return cause if isinstance(cause, BaseException) else e
 
     async def stream(self, prompt, params=None, request_id=None):
+        check_request_id(request_id)
         rid = request_id or uuid.uuid4().hex
         if rid in self._routes:
-            raise InvalidRequestError("request_id", f"{rid!r} is already in use by a running request")
+            raise RequestIdInUseError(rid)
         i = self._pick()
         weight = _prompt_weight(prompt)
         q: asyncio.Queue = asyncio.Queue()
         self._routes[rid] = _Route(i, self._pump_pid[i], q)  # registered before submit: the pump may deliver at once
         self._work[i] += weight + 1
         queued, finished = True, False  # queued: until the first chunk its prompt counts as outstanding work
+        submit = None
         try:
+            submit = asyncio.ensure_future(_await_ref(self.handles[i].submit.remote(prompt, params, rid)))
             try:
-                await _await_ref(self.handles[i].submit.remote(prompt, params, rid))
+                await asyncio.shield(submit)  # a cancel here leaves the submission running: see finally
             except Exception as e:
                 raise self._unwrap(e, i) from None
             for listener in self.listeners:
@@ -307,7 +312,12 @@ class ReplicaRouter:
             self._routes.pop(rid, None)
             self._work[i] -= 1 + (weight if queued else 0)
             if not finished and self.ready[i]:  # cancel, deadline, client gone: free the replica's cache now
-                self.handles[i].abort.remote(rid)
+                if submit is not None and not submit.done():
+                    # the replica may still be tokenizing it: abort once it is queued there, or it runs on alone
+                    submit.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                             or self.handles[i].abort.remote(rid))
+                else:
+                    self.handles[i].abort.remote(rid)
 
     async def generate(self, prompt, params=None, request_id=None):
         return [c async for c in self.stream(prompt, params, request_id)]
@@ -327,6 +337,9 @@ class ReplicaRouter:
             return await _await_ref(self.handles[i].tokenize.remote(prompt))
         except Exception as e:
             raise self._unwrap(e, i) from None
+
+    def bounds(self):
+        return next((l.bounds for l in self._load if l is not None and l.bounds is not None), None)
 
     def views(self) -> tuple[ReplicaView, ...]:
         return tuple(ReplicaView(i, self.ready[i], self.restarts[i], self._load[i]) for i in range(self.rc.replicas))

@@ -11,7 +11,8 @@ from grpc_status import rpc_status
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_engine.async_engine import EngineDeadError
-from swaa_engine.sampling_params import InvalidRequestError
+from swaa_engine.intake import request_id_problem
+from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError
 from swaa_engine.scheduler import QueueFullError
 from swaa_server import convert
 from swaa_server.frontend import Frontend, ReplicaUnavailableError
@@ -19,7 +20,7 @@ from swaa_server.frontend import Frontend, ReplicaUnavailableError
 log = structlog.get_logger("swaa.request")
 
 
-def _bad_request(e: InvalidRequestError) -> status_pb2.Status:
+def bad_request(e: InvalidRequestError) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=convert.proto_field(e.field), description=e.description)]))
@@ -27,10 +28,12 @@ def _bad_request(e: InvalidRequestError) -> status_pb2.Status:
 
 
 async def _abort_with(context, e: Exception, request_id: str = ""):
-    log.info("request.rejected", request_id=request_id or None, error=type(e).__name__,
-             field=getattr(e, "field", None), reason=getattr(e, "description", str(e)))
+    log.info("request.rejected", request_id=request_id if request_id and request_id_problem(request_id) is None else None,
+             error=type(e).__name__, field=getattr(e, "field", None), reason=getattr(e, "description", str(e)))
     if isinstance(e, InvalidRequestError):
-        await context.abort_with_status(rpc_status.to_status(_bad_request(e)))
+        await context.abort_with_status(rpc_status.to_status(bad_request(e)))
+    if isinstance(e, RequestIdInUseError):
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
     if isinstance(e, QueueFullError):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     if isinstance(e, EngineDeadError):
@@ -40,7 +43,7 @@ async def _abort_with(context, e: Exception, request_id: str = ""):
     raise e
 
 
-_EXPECTED = (InvalidRequestError, QueueFullError, EngineDeadError, ReplicaUnavailableError)
+_EXPECTED = (InvalidRequestError, RequestIdInUseError, QueueFullError, EngineDeadError, ReplicaUnavailableError)
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
@@ -55,7 +58,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
 
     def _request(self, request):
-        return convert.prompt_of(request), convert.sampling_of(request.sampling), request.request_id or None
+        rid = convert.request_id_of(request)  # first: a bad id is refused before anything logs it
+        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling), rid
 
     async def Generate(self, request, context):
         await self._ready(context)
@@ -88,20 +92,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def Abort(self, request, context):
         await self._ready(context)
-        return pb.AbortResponse(aborted=await self.engine.abort(request.request_id))
+        try:
+            rid = convert.request_id_of(request)
+        except InvalidRequestError as e:
+            await _abort_with(context, e)
+        return pb.AbortResponse(aborted=rid is not None and await self.engine.abort(rid))
 
     async def CountTokens(self, request, context):
         await self._ready(context)
-        which = request.WhichOneof("prompt")
         try:
-            if which == "text":
-                prompt = request.text
-            elif which == "chat":
-                prompt = [{"role": m.role, "content": m.content} for m in request.chat.messages]
-            else:
-                raise InvalidRequestError("prompt", "one of text or chat is required")
-            ids = await self.engine.tokenize(prompt)
-        except (InvalidRequestError, ReplicaUnavailableError) as e:
+            ids = await self.engine.tokenize(convert.prompt_of(request, self.engine.bounds()))
+        except (InvalidRequestError, QueueFullError, ReplicaUnavailableError) as e:
             await _abort_with(context, e)
         return pb.CountTokensResponse(count=len(ids), token_ids=ids)
 

@@ -77,3 +77,73 @@ def test_invalid_params_name_their_field(kw, field):
     with pytest.raises(InvalidRequestError) as e:
         SamplingParams(**kw)
     assert e.value.field == field
+
+
+# -- extreme floats (issue 19): any valid parameters give a valid token; tiny temperatures are greedy -----------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from swaa_engine.sampling_params import GREEDY_TEMPERATURE  # noqa: E402
+
+VOCAB = 64
+f32 = dict(width=32, allow_nan=False)
+any_logits = st.lists(st.floats(allow_infinity=False, **f32), min_size=VOCAB, max_size=VOCAB)
+params = st.fixed_dictionaries(dict(
+    temperature=st.one_of(st.floats(0, 100, allow_subnormal=True, **f32), st.sampled_from([1e-38, 1e-45, 1e-30, GREEDY_TEMPERATURE])),
+    top_k=st.integers(0, 2**32 - 1),
+    top_p=st.one_of(st.floats(0, 1, exclude_min=True, allow_subnormal=True, **f32), st.just(1.0)),
+    min_p=st.floats(0, 1, allow_subnormal=True, **f32),
+    repetition_penalty=st.one_of(st.floats(0, 10, exclude_min=True, allow_subnormal=True, **f32), st.just(1.0)),
+    seed=st.integers(0, 2**63 - 1),
+))
+
+
+def _penalized(logits: torch.Tensor, history, pen: float) -> torch.Tensor:
+    """The repetition penalty as documented, in float64 and clamped to float32's range (the reference)."""
+    x = logits.double().clone()
+    for t in set(history):
+        x[t] = x[t] / pen if x[t] > 0 else x[t] * pen
+    m = float(torch.finfo(torch.float32).max)
+    return x.clamp(-m, m).float()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(any_logits, params, st.lists(st.integers(0, VOCAB - 1), max_size=8))
+def test_any_parameters_give_a_valid_token(values, kw, history):
+    logits = torch.tensor([values], dtype=torch.float32)
+    r = row(history=history, **kw)
+    out = sample(logits, [r])
+    assert 0 <= out.token_ids[0] < VOCAB
+    if kw["temperature"] < GREEDY_TEMPERATURE or kw["top_k"] == 1:  # greedy, or only the argmax survives
+        assert out.token_ids[0] == int(_penalized(logits[0], history, kw["repetition_penalty"]).argmax())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.floats(-1e4, 1e4, **f32), min_size=VOCAB, max_size=VOCAB), st.integers(0, VOCAB - 1),
+       st.floats(GREEDY_TEMPERATURE, 1e-3), st.integers(0, 2**63 - 1),
+       st.floats(0, 1, exclude_min=True, **f32), st.floats(0, 1, **f32))
+def test_sampling_matches_greedy_as_temperature_goes_to_zero(values, top, temperature, seed, top_p, min_p):
+    """A winner 1 logit ahead at T <= 1e-3 has all but e^-1000 of the mass: sampling must pick it."""
+    logits = torch.tensor(values, dtype=torch.float32)
+    logits[top] = logits.max() + 1.0
+    rows = [row(seed=seed, temperature=temperature, top_p=top_p, min_p=min_p), row()]
+    assert sample(torch.stack([logits, logits]), rows).token_ids == [top, top]
+
+
+def test_tiny_temperature_is_greedy_not_overflow():
+    """1e-38 used to divide logits into inf and sample from NaN probabilities (issue 19)."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1000) * 30
+    for t in (1e-38, 1e-45, 9e-6):
+        assert SamplingParams(temperature=t).greedy
+        assert sample(logits, [row(seed=i, temperature=t) for i in range(4)]).token_ids == logits.argmax(-1).tolist()
+    assert not SamplingParams(temperature=GREEDY_TEMPERATURE).greedy
+
+
+def test_overflowing_penalty_still_samples_the_dominant_token():
+    """A penalty near 0 divides a positive logit past float32's range: that token dominates, it is not NaN noise."""
+    logits = torch.zeros(1, 100)
+    logits[0, 42] = 3.0
+    picks = {sample(logits, [row(seed=s, temperature=1.0, repetition_penalty=1e-39, history=[42, 7])]).token_ids[0]
+             for s in range(20)}
+    assert picks == {42}

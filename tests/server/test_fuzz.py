@@ -23,7 +23,7 @@ from swaa_engine.swaa import SWAAConfig
 from swaa_server.app import ServerConfig
 from tests.server.conftest import running_server
 
-DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS}
 
 
 @pytest.fixture(scope="module")

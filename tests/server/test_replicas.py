@@ -17,7 +17,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from swaa_client import NO_RETRY, Client, FinishReason, UnavailableError  # noqa: E402
+from swaa_client import (NO_RETRY, AlreadyExistsError, AsyncClient, Client, DeadlineExceededError,  # noqa: E402
+                         FinishReason, InvalidArgumentError, UnavailableError)
 from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
 from swaa_engine.swaa import SWAAConfig  # noqa: E402
 from swaa_server.app import ServerConfig, serve  # noqa: E402
@@ -102,6 +103,49 @@ def test_stream_cancel_and_abort_through_the_router(service):
         assert got[-1].finish_reason is FinishReason.ABORT
         assert other.abort("no-such-request") is False
     wait_for(lambda: idle(router), 30, "cache back to zero after abort")
+
+
+def test_ids_bounds_and_deadlines_through_the_router(service):
+    """Issue 19 through the router: a running request's id gets ALREADY_EXISTS (not UNKNOWN), bad ids and prompts
+    that cannot fit get INVALID_ARGUMENT before reaching a replica, and callers whose deadlines pass (while their
+    request is submitted, tokenized, queued or decoding) leave no request behind on either replica."""
+    target, _, router = service
+    with Client(target, timeout=120) as c:
+        stream = c.stream(PROMPT, max_tokens=500, ignore_eos=True, request_id="taken")
+        next(stream)
+        with pytest.raises(AlreadyExistsError):
+            c.generate(PROMPT, max_tokens=2, request_id="taken")
+        stream.close()
+        for kw, field in ((dict(request_id="x" * 257), "request_id"), (dict(request_id="a\tb"), "request_id")):
+            with pytest.raises(InvalidArgumentError) as e:
+                c.generate(PROMPT, max_tokens=2, **kw)
+            assert [v.field for v in e.value.field_violations] == [field]
+        t0 = time.monotonic()
+        with pytest.raises(InvalidArgumentError):
+            c.generate("All work and no play. " * 200_000, max_tokens=2)  # 4.4 MB: over any prompt's bytes
+        with pytest.raises(InvalidArgumentError):
+            c.generate([{"role": "user", "content": ""}] * 20_000, max_tokens=2)  # more messages than tokens
+        assert time.monotonic() - t0 < 2.0
+
+    async def main():
+        async with AsyncClient(target) as ac:
+            async def one(i):
+                try:
+                    kw = dict(max_tokens=400, ignore_eos=True, timeout=0.005 + 0.01 * (i % 16))
+                    if i % 2:
+                        await ac.generate(PROMPT, **kw)
+                    else:
+                        async for _ in ac.stream(PROMPT, **kw):
+                            pass
+                except DeadlineExceededError:
+                    return True
+                return False
+
+            return await asyncio.gather(*(one(i) for i in range(48)))
+
+    assert all(asyncio.run(main()))
+    time.sleep(0.3)  # past every deadline; idle() reads the replicas' polled loads
+    wait_for(lambda: idle(router), 2.0, "no request left behind by callers whose deadlines passed")
 
 
 def test_killed_replica_fails_its_streams_and_comes_back(service):

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 import swaa_client
-from swaa_client import AsyncClient, Client, FinishReason, InvalidArgumentError, ResourceExhaustedError
+from swaa_client import AlreadyExistsError, AsyncClient, Client, FinishReason, InvalidArgumentError, ResourceExhaustedError
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_engine.engine import LLM
 from swaa_engine.sampling_params import SamplingParams
@@ -131,9 +131,11 @@ def test_abort_from_a_second_client(server, client):
 def test_duplicate_running_request_id_is_refused(client):
     stream = client.stream([9, 8], max_tokens=400, ignore_eos=True, request_id="dup")
     next(stream)
-    with pytest.raises(InvalidArgumentError) as e:
+    with pytest.raises(AlreadyExistsError) as e:  # a documented status, not UNKNOWN or INVALID_ARGUMENT (issue 19)
         client.generate([1], request_id="dup")
-    assert e.value.field_violations[0].field == "request_id"
+    assert e.value.code == grpc.StatusCode.ALREADY_EXISTS and "dup" in e.value.message
+    with pytest.raises(AlreadyExistsError):
+        list(client.stream([1], request_id="dup"))
     stream.close()
 
 

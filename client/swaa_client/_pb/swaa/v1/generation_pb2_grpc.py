@@ -32,7 +32,12 @@ class GenerationStub:
     INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
     google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
     as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
-    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    A prompt that cannot fit is refused before it is tokenized: text longer than the
+    limit times the most characters one token covers, more messages or token ids
+    than the limit, or (counted part by part) clearly more tokens than the limit.
+    ALREADY_EXISTS     the request_id is that of a running request (Generate, GenerateOnce)
+    RESOURCE_EXHAUSTED the waiting queue is full (or as many prompts wait to be tokenized),
+    or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
     UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
@@ -81,7 +86,12 @@ class GenerationServicer:
     INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
     google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
     as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
-    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    A prompt that cannot fit is refused before it is tokenized: text longer than the
+    limit times the most characters one token covers, more messages or token ids
+    than the limit, or (counted part by part) clearly more tokens than the limit.
+    ALREADY_EXISTS     the request_id is that of a running request (Generate, GenerateOnce)
+    RESOURCE_EXHAUSTED the waiting queue is full (or as many prompts wait to be tokenized),
+    or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
     UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
@@ -92,14 +102,15 @@ class GenerationServicer:
 
     def Generate(self, request, context):
         """Streams chunks of generated tokens; the last chunk has `finished` set.
-        Cancelling the call (or its deadline passing) aborts the request and frees its cache.
+        Cancelling the call (or its deadline passing) aborts the request and frees its cache at once,
+        also while its prompt is still being tokenized.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GenerateOnce(self, request, context):
-        """The whole result at once.
+        """The whole result at once. Cancel and deadline end the request as for Generate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +124,7 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CountTokens(self, request, context):
-        """Tokenizes without generating.
+        """Tokenizes without generating (the prompt bounds of Generate apply: INVALID_ARGUMENT past the context).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,7 +180,12 @@ class Generation:
     INVALID_ARGUMENT   a bad parameter, an undecodable message, or a prompt over the context limit;
     google.rpc.BadRequest details (trailer grpc-status-details-bin) name the field,
     as a path in the request: "sampling.top_p", "token_ids.ids", "prompt", ...
-    RESOURCE_EXHAUSTED the waiting queue is full, or a message exceeds the server's size limit
+    A prompt that cannot fit is refused before it is tokenized: text longer than the
+    limit times the most characters one token covers, more messages or token ids
+    than the limit, or (counted part by part) clearly more tokens than the limit.
+    ALREADY_EXISTS     the request_id is that of a running request (Generate, GenerateOnce)
+    RESOURCE_EXHAUSTED the waiting queue is full (or as many prompts wait to be tokenized),
+    or a message exceeds the server's size limit
     UNAVAILABLE        the model is still loading or the server is draining: retry with backoff
     (clients must not retry a stream that already delivered tokens)
     UNAUTHENTICATED    auth is on and `authorization: Bearer <token>` is missing or wrong (the scheme
