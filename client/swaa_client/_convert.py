@@ -84,4 +84,4 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         vocab_size=msg.vocab_size, fa_tail=sw.fa_tail,
         replicas=tuple(ReplicaStatus(r.index, r.ready, PoolUsage(r.paged.used, r.paged.total), PoolUsage(r.ring.used, r.ring.total),
                                      r.running, r.waiting, r.restarts) for r in msg.replicas),
-        replicas_ready=msg.replicas_ready)
+        replicas_ready=msg.replicas_ready, cache_bytes=msg.cache_bytes, cache_budget=msg.cache_budget)

@@ -111,7 +111,7 @@ class LLMEngine:
         self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings)
         cap = self.cache.max_tokens_per_seq()
         if cap is not None and cap < self.max_model_len:
-            raise ConfigError("cache", f"the cache budget holds {cap} tokens of paged KV, fewer than max_model_len={self.max_model_len}; raise the budget or lower max_model_len")
+            raise ConfigError("cache", f"the cache budget ({self.cache_budget_reason}) holds {cap} tokens of paged KV, fewer than max_model_len={self.max_model_len}; raise the budget or lower max_model_len")
         if self.cache.has_ring and self.cache.rings.total == 0:
             raise ConfigError("cache", "the cache budget holds no ring; raise the budget")
         self.scheduler = Scheduler(sched, self.cache)
@@ -143,12 +143,15 @@ class LLMEngine:
                             scratch_ring=self.pool_plan.num_rings if CacheKind.RING in kinds else None)
 
     def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
-        if cc.budget_bytes is not None:
-            return cc.budget_bytes
-        # Never more than max_num_seqs full-length sequences need: on the CPU the pools are RAM.
-        padded_len = -(-self.max_model_len // cc.block_size) * cc.block_size  # whole blocks
-        need = self.config.scheduler.max_num_seqs * padded_len * kv.bytes_per_token * self.dims.num_layers
-        return max(1, min(int(cc.budget_fraction * free_memory_bytes(self.device)), need))
+        """Sets ``cache_budget_reason`` (which limit decided) beside the bytes it returns."""
+        # What max_num_seqs full-length sequences use, pools as planned: whole blocks in the paged layers,
+        # one ring each in the ring layers (a plan's unit sizes do not depend on its budget).
+        unit = plan_pools(self.specs, kv, cc.block_size, 1, self.config.scheduler.max_num_seqs)
+        blocks_per_seq = -(-self.max_model_len // cc.block_size)
+        need = self.config.scheduler.max_num_seqs * (blocks_per_seq * unit.block_bytes + unit.ring_bytes)
+        free = free_memory_bytes(self.device) if cc.budget_bytes is None else 0
+        size, self.cache_budget_reason = cc.resolve_budget(need, free, self.device.type == "cpu")
+        return size
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -79,6 +80,15 @@ class ServerConfig:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
 
 
+def engine_summary(engine: LLMEngine) -> dict:
+    """What a start-up log line says about a loaded engine: its model, and how big its KV cache is and why."""
+    plan = engine.pool_plan
+    return dict(model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
+                max_model_len=engine.max_model_len, cache_bytes=plan.total_bytes, cache_budget=engine.cache_budget_reason,
+                paged_blocks=engine.cache.blocks.total, paged_tokens=engine.cache.max_tokens_per_seq() or 0,
+                rings=engine.cache.rings.total)
+
+
 async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, engine: LLMEngine | None = None, replicas=None) -> None:
     """``replicas`` (a ``replicas.ReplicaConfig``): run the engines as Ray actors behind this front end."""
@@ -97,8 +107,9 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    t_start = time.monotonic()
     log.info("server.listening", address=f"{sc.host}:{port}", tls=bool(sc.tls), mtls=bool(sc.tls and sc.tls.client_ca_file),
-             auth=bool(sc.auth_tokens))
+             auth=bool(sc.auth_tokens), health="NOT_SERVING until the model is loaded and warmed up")
     if not sc.auth_tokens and sc.host not in LOOPBACK:
         log.warning("server.no_auth", detail="listening beyond loopback without bearer tokens")
 
@@ -127,10 +138,15 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
             metrics.watch(front.loads, ready=lambda: sum(front.ready))
         else:
             if engine is None:
+                log.info("engine.loading", model=engine_config.model or "embedded", swaa=engine_config.swaa.describe())
+                t0 = time.monotonic()
                 engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+                log.info("engine.loaded", seconds=round(time.monotonic() - t0, 2), **engine_summary(engine))
+            log.info("engine.warming_up", device=str(engine.device))
+            t0 = time.monotonic()
             warm = await loop.run_in_executor(None, engine.warmup)  # kernels compile now, not under load
-            if warm:
-                log.info("engine.warmup", **warm)
+            log.info("engine.warmed_up", seconds=round(time.monotonic() - t0, 2),
+                     steps={k: v for k, v in warm.items() if k != "seconds"} or "none needed off CUDA")
             metrics = Metrics()
             front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log)))
             metrics.watch(front.loads)
@@ -142,7 +158,7 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
     await asyncio.gather(*set_health(True))  # SERVING before anyone is told the server is ready
     snap, views = await front.info()
     log.info("server.serving", model=snap.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
-             cache=snap.usage, replicas=len(views) or None)
+             cache=snap.usage, replicas=len(views) or None, seconds_since_listening=round(time.monotonic() - t_start, 2))
     if ready is not None:
         ready.port = port
         ready.metrics_port = metrics_port

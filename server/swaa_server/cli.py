@@ -33,19 +33,53 @@ def swaa_from_args(args, model_given: bool):
                       fa_tail=args.fa_tail)
 
 
+def default(cls, name: str):
+    """A dataclass field's default: the CLI restates none (one source for each default)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1 << 20,
+          "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """'1073741824', '1GiB', '512MiB', '2GB' -> bytes (argparse type)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size (e.g. 1073741824, 512MiB, 1GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+byte_size.__name__ = "size"  # argparse names the type in its error message
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="Hugging Face folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--attention-backend", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (wins over --cache-fraction)")
-    p.add_argument("--cache-fraction", type=float, default=0.5, help="KV cache budget as a fraction of free device memory")
-    p.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
+    from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    e = p.add_argument_group("engine")
+    e.add_argument("--model", default=None, help="Hugging Face folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    e.add_argument("--dtype", default=default(EngineConfig, "dtype"), choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and KV cache (auto: bfloat16 on CUDA, float32 on CPU)")
+    e.add_argument("--device", default=default(EngineConfig, "device"), help="cpu, cuda, cuda:1, … (auto: CUDA if present)")
+    e.add_argument("--attention-backend", default=default(EngineConfig, "attention_backend"),
+                   help="flash (flash-attn-4, CUDA) or torch (auto: flash where it runs)")
+    e.add_argument("--max-model-len", type=int, default=None, help="longest prompt + generation (default: the model's limit)")
+    e.add_argument("--max-num-seqs", type=int, default=default(SchedulerConfig, "max_num_seqs"), help="sequences running at once")
+    e.add_argument("--max-num-batched-tokens", type=int, default=default(SchedulerConfig, "max_num_batched_tokens"),
+                   help="tokens per engine step; also the prefill chunk size")
+    e.add_argument("--block-size", type=int, default=default(CacheConfig, "block_size"), help="tokens per paged KV block")
+    e.add_argument("--cache-bytes", type=byte_size, default=None, metavar="SIZE",
+                   help="KV cache budget, e.g. 1GiB (wins over the sizing below; default: what --max-num-seqs sequences "
+                        "of --max-model-len can use, within --cache-fraction and, on CPU, --cache-cpu-cap)")
+    e.add_argument("--cache-fraction", type=float, default=default(CacheConfig, "budget_fraction"),
+                   help="most of the free device memory (available RAM on CPU) the KV cache may take")
+    e.add_argument("--cache-cpu-cap", type=byte_size, default=default(CacheConfig, "cpu_cap_bytes"), metavar="SIZE",
+                   help="most the KV cache takes on CPU unless --cache-bytes says otherwise")
+    e.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
+    e.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
     add_swaa_args(p)
 
 
@@ -60,7 +94,8 @@ def engine_config_from_args(args):
         attention_backend=args.attention_backend,
         max_model_len=args.max_model_len,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens),
-        cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction),
+        cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction,
+                          cpu_cap_bytes=args.cache_cpu_cap),
         lora=args.lora,
         cuda_graphs=not args.no_cuda_graphs,
     )
@@ -151,8 +186,39 @@ def cmd_info(args) -> int:
 
     with _client(args) as client:
         info = client.model_info()
-    print(json.dumps(dataclasses.asdict(info), indent=2))
+    print(json.dumps(dataclasses.asdict(info), indent=2) if args.json else info_summary(info))
     return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def info_summary(info) -> str:
+    """A few lines a person reads: the model, SWAA, the layers by kind, the cache and what sized it."""
+    from collections import Counter
+
+    swaa = ("full attention" if info.window is None else
+            f"window {info.window}, sinks {info.sinks}, fa_decode {info.fa_decode or 'false'}"
+            + (f", fa_layers {info.fa_layers}" if info.fa_layers else "") + (f", fa_tail {info.fa_tail}" if info.fa_tail else ""))
+    kinds = Counter((l.attention, l.cache) for l in info.layers)
+    layers = ", ".join(f"{n} {a} ({c})" for (a, c), n in kinds.items())
+    paged_tokens = info.paged.total * info.block_size
+    lines = [f"model      {info.model} ({info.architecture}, vocab {info.vocab_size}), max context {info.max_context} tokens",
+             f"SWAA       {swaa}",
+             f"layers     {len(info.layers)}: {layers}",
+             f"KV cache   {_gib(info.cache_bytes)}" + (f" ({info.cache_budget})" if info.cache_budget else ""),
+             f"  paged    {info.paged.used}/{info.paged.total} blocks of {info.block_size} tokens in use "
+             f"({paged_tokens} tokens in all)",
+             f"  ring     {info.ring.used}/{info.ring.total} rings in use"]
+    if not info.ring.total and info.window is not None:
+        lines.append("  note     no layer keeps a ring: every layer holds its full KV (fa_decode or full attention), so SWAA "
+                     "saves prefill compute here, not cache memory")
+    if info.replicas:
+        lines.append(f"replicas   {info.replicas_ready}/{len(info.replicas)} ready")
+        lines += [f"  #{r.index}       {'ready' if r.ready else 'down'}, {r.running} running, {r.waiting} waiting, "
+                  f"{r.restarts} restarts" for r in info.replicas]
+    return "\n".join(lines)
 
 
 def _read_tokens(args) -> tuple[str, ...]:
@@ -453,7 +519,8 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     ld.add_argument("--json", default=None, help="also write the report here")
     ld.set_defaults(func=cmd_load)
 
-    i = sub.add_parser("info", help="model, SWAA config, per-layer cache layout and cache usage of a server (JSON)")
+    i = sub.add_parser("info", help="model, SWAA config, cache layout, size and usage of a server (--json: everything)")
+    i.add_argument("--json", action="store_true", help="print the whole ModelInfo as JSON (one entry per layer)")
     add_client_args(i)
     i.set_defaults(func=cmd_info)
     return parser

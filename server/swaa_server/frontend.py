@@ -35,6 +35,8 @@ class EngineSnapshot:
     preemptions: int
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
+    cache_bytes: int = 0  # KV memory reserved, and which limit sized it (CacheConfig.resolve_budget)
+    cache_budget: str = ""
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -43,7 +45,7 @@ def snapshot(engine) -> EngineSnapshot:
         return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                               tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, engine.cache.usage(),
                               len(sched.running), len(sched.waiting), sched.num_preemptions, engine.steps,
-                              engine.step_seconds)
+                              engine.step_seconds, engine.pool_plan.total_bytes, engine.cache_budget_reason)
 
 
 @dataclass(frozen=True)

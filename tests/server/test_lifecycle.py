@@ -59,10 +59,14 @@ def test_cli_clients(proc):
     assert out.returncode == 0, out.stderr
     assert "5 generated tokens" in out.stderr
     assert _swaa("health", "--target", target).stdout.strip() == "SERVING"
-    info = _swaa("info", "--target", target, env=env)
+    info = _swaa("info", "--target", target, "--json", env=env)
     assert info.returncode == 0, info.stderr
     layout = json.loads(info.stdout)
     assert layout["window"] == 16 and {l["attention"] for l in layout["layers"]} == {"sliding_fa_decode"}
+    assert layout["cache_bytes"] <= 8 << 20 and layout["cache_budget"] == "set by budget_bytes (--cache-bytes)"
+    summary = _swaa("info", "--target", target, env=env).stdout  # a short human summary by default
+    assert len(summary.splitlines()) < 12 and "window 16" in summary and "--cache-bytes" in summary
+    assert "no layer keeps a ring" in summary  # fa_decode everywhere: what the config trades is said
     denied = _swaa("info", "--target", target)  # no token
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
 
