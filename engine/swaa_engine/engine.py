@@ -19,6 +19,7 @@ from swaa_engine.detokenizer import IncrementalDetokenizer
 from swaa_engine.kv_cache.manager import CacheManager, KVShape, plan_pools
 from swaa_engine.kv_cache.storage import allocate_kv
 from swaa_engine.model_runner import ModelRunner
+from swaa_engine.models.gguf import read_gguf
 from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
 from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
@@ -78,6 +79,7 @@ class LLMEngine:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.source: ModelSource | None = None
+        state_dict = None
         if hf_model is not None:
             hf_config = hf_model.config
             try:  # only for the model's name: the weights are already here
@@ -86,7 +88,12 @@ class LLMEngine:
                 self.source = None
         elif hf_config is None:
             self.source = resolve_source(config.model)
-            hf_config = load_hf_config(self.source)
+            if self.source.gguf_file:  # one read of the file for config, tokenizer and weights
+                gguf = read_gguf(self.source.folder, self.source.gguf_file)
+                hf_config, tokenizer, state_dict = gguf.config, gguf.tokenizer, gguf.state_dict
+                del gguf
+            else:
+                hf_config = load_hf_config(self.source)
         self.hf_config = hf_config
         self.dims = dims_from_config(hf_config)
         self.tokenizer = tokenizer if tokenizer is not None else (load_tokenizer(self.source) if self.source else None)
@@ -117,7 +124,8 @@ class LLMEngine:
         self.scheduler = Scheduler(sched, self.cache)
 
         self.model = load_model(self.source, hf_config, self.dtype, self.device, random_weights=config.random_weights,
-                                seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa)
+                                seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa, state_dict=state_dict)
+        del state_dict  # the model holds its own copy now
         caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
         geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks)
         self.backend = create_backend(

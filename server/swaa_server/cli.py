@@ -317,7 +317,7 @@ def cmd_load(args) -> int:
     cfg = LoadConfig(target=args.target, concurrency=args.concurrency, requests=args.requests, duration_s=args.duration,
                      prompt_tokens=span(args.prompt_tokens), max_tokens=span(args.max_tokens),
                      cancel_fraction=args.cancel_fraction, seed=args.seed, token=args.token)
-    report = asyncio.run(run_load(cfg))
+    report = asyncio.run(run_load(cfg, progress=sys.stderr.isatty()))
     print("\n".join(report.lines()))
     if args.json:
         with open(args.json, "w") as f:

@@ -12,9 +12,9 @@ def test_explicit_bytes_win():
     assert CacheConfig(budget_bytes=123).resolve_budget(10 * GiB, 100 * GiB, on_cpu=True) == (123, "set by budget_bytes (--cache-bytes)")
 
 
-def test_cpu_default_is_capped_at_one_gib():
+def test_cpu_default_is_capped():
     size, why = CacheConfig().resolve_budget(need_bytes=24 * GiB, free_bytes=21 * GiB, on_cpu=True)
-    assert size == GiB and "CPU cap" in why
+    assert size == 512 << 20 and "CPU cap" in why
 
 
 def test_no_cap_on_a_gpu_and_never_more_than_needed():
