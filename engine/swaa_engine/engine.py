@@ -29,6 +29,9 @@ from swaa_engine.scheduler import Chunk, Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
 
+# The chat roles accepted (the proto's ChatMessage.role; the SDK checks the same list).
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
 # A prompt: text, token ids, or chat messages ([{"role": …, "content": …}, …]).
 Prompt = Union[str, Seq[int], Seq[dict]]
 
@@ -184,6 +187,8 @@ class LLMEngine:
             for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise InvalidRequestError(f"messages[{i}]", "each message needs a string role and content")
+                if m["role"] not in CHAT_ROLES:  # a template renders an unknown role as text, silently
+                    raise InvalidRequestError(f"messages[{i}].role", f"must be one of {', '.join(CHAT_ROLES)}, got {m['role']!r}")
             text = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         elif isinstance(prompt, (list, tuple)):
@@ -205,7 +210,7 @@ class LLMEngine:
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidRequestError("prompt", f"{len(prompt_ids)} tokens; the limit is {self.max_model_len - 1} (max_model_len {self.max_model_len} minus one generated token)")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}")
+            raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}: with this max_tokens the longest prompt accepted is {self.max_model_len - params.max_tokens} tokens; lower max_tokens (default {SamplingParams.max_tokens}) for a longer prompt")
         for t in params.stop_token_ids:
             if t >= self.dims.vocab_size:
                 raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")

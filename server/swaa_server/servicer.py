@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import structlog
 from google.protobuf import any_pb2
@@ -55,16 +57,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
 
     def _request(self, request):
-        return convert.prompt_of(request), convert.sampling_of(request.sampling), request.request_id or None
+        return convert.prompt_of(request), convert.sampling_of(request.sampling)
 
     async def Generate(self, request, context):
         await self._ready(context)
+        rid = request.request_id or uuid.uuid4().hex  # settled first: a rejected call's log line carries an id too
         try:
-            prompt, params, rid = self._request(request)
+            prompt, params = self._request(request)
             stream = self.engine.stream(prompt, params, rid)
             first = await stream.__anext__()
         except _EXPECTED as e:
-            await _abort_with(context, e, request.request_id)
+            await _abort_with(context, e, rid)
         try:
             yield convert.chunk_pb(first)
             async for chunk in stream:
@@ -72,18 +75,19 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         except EngineDeadError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
         except ReplicaUnavailableError as e:  # its replica died mid-stream: retryable, the client knows how far it got
-            log.info("request.replica_lost", request_id=request.request_id or None, reason=str(e))
+            log.info("request.replica_lost", request_id=rid, reason=str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         finally:
             await stream.aclose()  # client cancel / deadline lands here: aborts the request, frees its cache
 
     async def GenerateOnce(self, request, context):
         await self._ready(context)
+        rid = request.request_id or uuid.uuid4().hex
         try:
-            prompt, params, rid = self._request(request)
+            prompt, params = self._request(request)
             chunks = await self.engine.generate(prompt, params, rid)
         except _EXPECTED as e:
-            await _abort_with(context, e, request.request_id)
+            await _abort_with(context, e, rid)
         return convert.response_pb(chunks)
 
     async def Abort(self, request, context):
