@@ -279,7 +279,7 @@ def server_config_from_args(args):
     tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     return ServerConfig(host=args.host, port=args.port, grace_s=args.grace, drain_delay_s=args.drain_delay,
                         max_message_bytes=args.max_message_bytes,
-                        keepalive_s=args.keepalive, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                        keepalive_s=args.keepalive, max_connection_age_s=args.max_connection_age or None, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                         metrics_host=args.metrics_host, auth_tokens=_read_tokens(args), tls=tls, log_prompts=args.log_prompts)
 
 
@@ -469,6 +469,9 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
                    help="largest request or response message")
     s.add_argument("--keepalive", type=float, default=default(ServerConfig, "keepalive_s"),
                    help="seconds between keepalive pings on idle connections")
+    s.add_argument("--max-connection-age", type=float, default=default(ServerConfig, "max_connection_age_s"),
+                   help="seconds before a connection is asked to close (calls in flight finish), so clients balancing "
+                        "over a headless Service re-resolve it and find new pods (0: never)")
     a = s.add_argument_group("auth and TLS")
     a.add_argument("--auth-token-file", default=None, help="file of accepted bearer tokens, one per line")
     a.add_argument("--auth-token-env", default="SWAA_AUTH_TOKENS",

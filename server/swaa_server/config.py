@@ -32,6 +32,9 @@ class ServerConfig:
     drain_delay_s: float = 5.0
     max_message_bytes: int = 16 << 20
     keepalive_s: float = 60.0  # server pings idle connections this often, so dead peers are noticed
+    # Connections are asked to close (GOAWAY; calls in flight finish) after this long, so that clients balancing
+    # over a headless Service's DNS name resolve it again and find pods added since. None: never.
+    max_connection_age_s: float | None = 300.0
     metrics_port: int | None = None  # None = no metrics endpoint; 0 = any free port
     metrics_host: str | None = None  # None: the gRPC host (loopback by default, like gRPC)
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)  # empty = no auth
@@ -51,6 +54,8 @@ class ServerConfig:
             raise ValueError(f"max_message_bytes: must be >= 1024, got {self.max_message_bytes}")
         if self.keepalive_s <= 0:
             raise ValueError(f"keepalive_s: must be > 0, got {self.keepalive_s}")
+        if self.max_connection_age_s is not None and self.max_connection_age_s <= 0:
+            raise ValueError(f"max_connection_age_s: must be > 0, got {self.max_connection_age_s}")
         if any(not t or t != t.strip() for t in self.auth_tokens):
             raise ValueError("auth_tokens: tokens must be non-empty without surrounding whitespace")
 
@@ -61,4 +66,6 @@ class ServerConfig:
                 ("grpc.keepalive_time_ms", ka), ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
                 # clients may ping this often without being told "too many pings"
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000)] + (
+                    [("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000))]
+                    if self.max_connection_age_s is not None else [])
