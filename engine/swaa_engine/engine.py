@@ -117,7 +117,7 @@ class LLMEngine:
         kv = KVShape(self.dims.num_kv_heads, self.dims.head_dim, torch.finfo(self.dtype).bits // 8)
         block_size = config.cache.block_size
         sched = config.scheduler
-        self.pool_plan = plan_pools(self.specs, kv, block_size, self._budget(config.cache, kv), sched.max_num_seqs)
+        self.pool_plan = plan_pools(self.specs, kv, block_size, *self._budget(config.cache, kv))
         self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings)
         cap = self.cache.max_tokens_per_seq()
         if cap is not None and cap < self.max_model_len:
@@ -153,8 +153,8 @@ class LLMEngine:
                             scratch_block=self.pool_plan.num_blocks if CacheKind.PAGED in kinds else None,
                             scratch_ring=self.pool_plan.num_rings if CacheKind.RING in kinds else None)
 
-    def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
-        """Sets ``cache_budget_reason`` (which limit decided) beside the bytes it returns."""
+    def _budget(self, cc: CacheConfig, kv: KVShape) -> tuple[int, int]:
+        """(bytes, most rings) for ``plan_pools``; sets ``cache_budget_reason`` (which limit decided the bytes)."""
         # What max_num_seqs full-length sequences use, pools as planned: whole blocks in the paged layers,
         # one ring each in the ring layers (a plan's unit sizes do not depend on its budget).
         unit = plan_pools(self.specs, kv, cc.block_size, 1, self.config.scheduler.max_num_seqs)
@@ -162,7 +162,12 @@ class LLMEngine:
         need = self.config.scheduler.max_num_seqs * (blocks_per_seq * unit.block_bytes + unit.ring_bytes)
         free = free_memory_bytes(self.device) if cc.budget_bytes is None else 0
         size, self.cache_budget_reason = cc.resolve_budget(need, free, self.device.type == "cpu")
-        return size
+        rings = self.config.scheduler.max_num_seqs
+        if unit.ring_bytes and unit.block_bytes and size < need:
+            # rings are planned first (one per running sequence): below what max_num_seqs need, keep one
+            # full-length sequence's blocks out of their share, or a capped budget could hold no long prompt at all
+            rings = max(1, min(rings, (size - blocks_per_seq * unit.block_bytes) // unit.ring_bytes))
+        return size, rings
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()

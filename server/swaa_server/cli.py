@@ -140,6 +140,7 @@ def _generate_offline(args) -> int:
     config = engine_config_from_args(args)
     print(f"loading {config.model or 'embedded SmolLM2-135M-Instruct'} ({config.swaa.describe()}) …", file=sys.stderr)
     engine = LLMEngine(config)
+    print(f"KV cache {_gib(engine.pool_plan.total_bytes)} ({engine.cache_budget_reason})", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     engine.add_request(_prompt(args), params)

@@ -53,3 +53,16 @@ def test_engine_cap_too_small_says_which_limit(tiny_qwen3):
     with pytest.raises(ConfigError) as e:
         _engine(folder, SWAAConfig(), cpu_cap_bytes=1024)
     assert "CPU cap" in str(e.value) and "max_model_len=512" in str(e.value)
+
+
+def test_capped_budget_still_holds_a_full_length_sequence_beside_the_rings(tiny_qwen3):
+    """Rings are planned first, one per running sequence: under a cap they once took every byte (the embedded model's
+    half-ring config then held 896 tokens of paged KV and `swaa eval` refused to start)."""
+    folder, _ = tiny_qwen3
+    probe = _engine(folder, SWAAConfig(window=16, sinks=2, fa_layers=[1]))
+    unit = probe.pool_plan
+    one_seq = 512 // 8 * unit.block_bytes
+    cap = one_seq + 2 * unit.ring_bytes + unit.block_bytes  # room for one full sequence and two rings
+    e = _engine(folder, SWAAConfig(window=16, sinks=2, fa_layers=[1]), cpu_cap_bytes=cap)
+    assert e.cache_budget_reason.startswith("the CPU cap")
+    assert e.cache.max_tokens_per_seq() >= 512 and e.cache.rings.total == 2
