@@ -248,7 +248,8 @@ def info_summary(info) -> str:
              f"  ring     {info.ring.used}/{info.ring.total} rings in use"]
     if not info.ring.total and info.window is not None:
         lines.append("  note     no layer keeps a ring: every layer holds its full KV (fa_decode or full attention), so SWAA "
-                     "saves prefill compute here, not cache memory")
+                     "saves prefill compute here, not cache memory; ring layers (e.g. --fa-layers odd without "
+                     "--fa-decode) halve it at a cost in retrieval beyond the window (docs/quality.md)")
     if info.replicas:
         lines.append(f"replicas   {info.replicas_ready}/{len(info.replicas)} ready")
         lines += [f"  #{r.index}       {'ready' if r.ready else 'down'}, {r.running} running, {r.waiting} waiting, "
