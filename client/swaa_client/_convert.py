@@ -17,11 +17,50 @@ _ATTENTION = {pb.ATTENTION_KIND_FULL: "full", pb.ATTENTION_KIND_SLIDING_FA_DECOD
 _CACHE = {pb.CACHE_KIND_PAGED: "paged", pb.CACHE_KIND_RING: "ring"}
 
 
+# The chat roles the service's templates know (proto ChatMessage.role); anything else is refused before sending.
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+# The documented ranges of SamplingParameters (proto/swaa/v1/generation.proto): checked here so that a bad value is
+# refused before anything is sent, with the same error and field path the server would give (and never a bare
+# protobuf ValueError for a value its wire type cannot hold, such as top_k=-1).
+_RANGES = {
+    "temperature": (0.0, 100.0, "in [0, 100]"), "top_k": (0, 2**32 - 1, "an integer >= 0"),
+    "top_p": (0.0, 1.0, "in (0, 1]"), "min_p": (0.0, 1.0, "in [0, 1]"), "repetition_penalty": (0.0, 10.0, "in (0, 10]"),
+    "seed": (0, 2**63 - 1, "in [0, 2^63)"), "max_tokens": (1, 2**31 - 1, "an integer >= 1"), "logprobs": (0, 20, "in [0, 20]"),
+}
+_OPEN_BELOW = ("top_p", "repetition_penalty")  # 0 itself is out of range
+
+
+def invalid(field: str, description: str):
+    """The InvalidArgumentError the server would raise for this field, raised before sending."""
+    import grpc
+
+    from swaa_client.errors import FieldViolation, InvalidArgumentError
+
+    return InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {description} (checked by the client)",
+                                (FieldViolation(field, description),))
+
+
+def check_sampling(**values) -> None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        lo, hi, what = _RANGES[name]
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and lo <= value <= hi
+              and not (name in _OPEN_BELOW and value <= lo)
+              and (isinstance(value, int) or not isinstance(lo, int)))
+        if not ok:
+            raise invalid(f"sampling.{name}", f"must be {what}, got {value!r}")
+
+
 def set_prompt(msg, prompt: Prompt) -> None:
     """str → raw text; a sequence of ints → token ids; a sequence of {"role", "content"} → chat messages."""
     if isinstance(prompt, str):
         msg.text = prompt
     elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        for i, m in enumerate(prompt):
+            if m.get("role") not in CHAT_ROLES:
+                raise invalid(f"chat.messages[{i}].role", f"must be one of {', '.join(CHAT_ROLES)}, got {m.get('role')!r}")
         msg.chat.messages.extend(pb.ChatMessage(role=m["role"], content=m["content"]) for m in prompt)
     elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         msg.token_ids.ids.extend(prompt)
@@ -33,6 +72,11 @@ def generate_request(prompt: Prompt, *, request_id: str | None, max_tokens: int 
                      top_k: int, top_p: float | None, min_p: float, repetition_penalty: float | None,
                      seed: int | None, stop: Sequence[str] | str | None, stop_token_ids: Sequence[int] | None,
                      logprobs: int | None, ignore_eos: bool) -> pb.GenerateRequest:
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                   seed=seed, max_tokens=max_tokens, logprobs=logprobs)
+    for t in stop_token_ids or ():
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**32:
+            raise invalid("sampling.stop_token_ids", f"token ids must be integers >= 0, got {t!r}")
     s = pb.SamplingParameters(temperature=temperature, top_k=top_k, min_p=min_p, ignore_eos=ignore_eos,
                               stop=[stop] if isinstance(stop, str) else list(stop or ()),
                               stop_token_ids=list(stop_token_ids or ()))
@@ -84,5 +128,5 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         vocab_size=msg.vocab_size, fa_tail=sw.fa_tail,
         replicas=tuple(ReplicaStatus(r.index, r.ready, PoolUsage(r.paged.used, r.paged.total), PoolUsage(r.ring.used, r.ring.total),
                                      r.running, r.waiting, r.restarts) for r in msg.replicas),
-        replicas_ready=msg.replicas_ready,
+        replicas_ready=msg.replicas_ready, cache_bytes=msg.cache_bytes, cache_budget=msg.cache_budget,
         preemptions=Preemptions(**{f.name: getattr(msg.preemptions, f.name) for f in msg.preemptions.DESCRIPTOR.fields}))

@@ -57,10 +57,12 @@ class ClientBase:
     def __init__(self, target: str | None = None, *, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | str | None = None, client_certificate: bytes | str | None = None,
                  client_key: bytes | str | None = None, server_name: str | None = None, timeout: float | None = None,
-                 retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 16 << 20):
+                 retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 16 << 20,
+                 load_balancing: str = "round_robin"):
         self._conn = connection(target, token=token, tls=tls, root_certificates=root_certificates,
                                 client_certificate=client_certificate, client_key=client_key,
-                                server_name=server_name, max_message_bytes=max_message_bytes)
+                                server_name=server_name, max_message_bytes=max_message_bytes,
+                                load_balancing=load_balancing)
         c = self._conn
         self._channel = (self._grpc.secure_channel(c.target, c.credentials, c.options) if c.credentials
                          else self._grpc.insecure_channel(c.target, c.options))
@@ -82,9 +84,18 @@ def _read(x: bytes | str | None) -> bytes | None:
         return f.read()
 
 
+LOAD_BALANCING = ("round_robin", "pick_first")
+
+
 def connection(target: str | None, *, token: str | None, tls: bool, root_certificates, client_certificate,
-               client_key, server_name: str | None, max_message_bytes: int) -> Connection:
-    """Explicit arguments win; else SWAA_TARGET and SWAA_TOKEN from the environment; else the local default."""
+               client_key, server_name: str | None, max_message_bytes: int, load_balancing: str = "round_robin") -> Connection:
+    """Explicit arguments win; else SWAA_TARGET and SWAA_TOKEN from the environment; else the local default.
+
+    ``load_balancing``: with a target that names several servers (``dns:///swaa-serve-headless:50051``, whose DNS
+    answers every pod's address, or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``), ``round_robin`` keeps a connection
+    to each and spreads calls over them one by one; ``pick_first`` sends everything over one connection."""
+    if load_balancing not in LOAD_BALANCING:
+        raise ValueError(f"load_balancing: one of {', '.join(LOAD_BALANCING)}, got {load_balancing!r}")
     target = target or os.environ.get("SWAA_TARGET") or DEFAULT_TARGET
     token = token if token is not None else os.environ.get("SWAA_TOKEN") or None
     creds = None
@@ -97,4 +108,5 @@ def connection(target: str | None, *, token: str | None, tls: bool, root_certifi
                ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000)]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
+    options.append(("grpc.lb_policy_name", load_balancing))
     return Connection(target, token, creds, tuple(options))

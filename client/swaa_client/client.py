@@ -29,13 +29,17 @@ class Client(ClientBase):
     """A connection to one swaa-serve deployment.
 
     Args:
-        target: ``host:port``; default ``$SWAA_TARGET`` or ``127.0.0.1:50051``.
+        target: ``host:port``, or any gRPC target naming several servers, e.g. ``dns:///swaa-serve-headless:50051``
+            (a Kubernetes headless Service) or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``; default ``$SWAA_TARGET`` or
+            ``127.0.0.1:50051``.
         token: bearer token; default ``$SWAA_TOKEN``.
         tls: use TLS with the system roots (implied by ``root_certificates`` / ``client_certificate``).
         root_certificates, client_certificate, client_key: PEM bytes or file paths (the last two for mTLS).
         server_name: TLS name to verify when it differs from the target's host.
         timeout: default deadline of each call in seconds (None = no deadline).
         retry: retry policy for UNAVAILABLE before the first token; ``NO_RETRY`` to disable.
+        max_message_bytes: largest message sent or received.
+        load_balancing: ``round_robin`` (each call to the next server the target names) or ``pick_first``.
     """
 
     _grpc = grpc

@@ -121,4 +121,6 @@ class ModelInfo:
     fa_tail: int = 0  # experimental knob: last N prompt tokens read with full attention in fa_decode layers
     replicas: tuple[ReplicaStatus, ...] = ()  # empty for a single in-process engine
     replicas_ready: int = 1
+    cache_bytes: int = 0  # KV memory reserved per engine, and which limit sized it
+    cache_budget: str = ""
     preemptions: Preemptions = Preemptions()

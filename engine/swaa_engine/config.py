@@ -36,7 +36,10 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """``budget_bytes`` wins over ``budget_fraction`` (of free device memory, or of available RAM on CPU).
+    """The KV budget: ``budget_bytes`` if given; otherwise what ``max_num_seqs`` full-length sequences can use
+    (pools as planned), no more than ``budget_fraction`` of free device memory (of available RAM on CPU) and, on
+    CPU, no more than ``cpu_cap_bytes``: there the pools are the process's own RAM, and a newcomer's laptop
+    should not give half of it to a 135M model.
 
     ``swap_bytes``: host memory that preempted sequences' KV moves to instead of being recomputed; ``None``
     sizes it like the device budget, at most half the available RAM (on CPU host and device are one tier, so
@@ -46,6 +49,8 @@ class CacheConfig:
     block_size: int = 16
     budget_bytes: int | None = None
     budget_fraction: float = 0.5
+    cpu_cap_bytes: int | None = 512 << 20  # None: no cap beyond budget_fraction. 512 MiB: 11k tokens of the embedded
+    # model with full KV in all 30 layers (a full 8k context and more); `make serve` then peaks at ~1.9 GB RSS
     swap_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -53,6 +58,19 @@ class CacheConfig:
         _require(self.budget_bytes is None or self.budget_bytes > 0, "budget_bytes", f"must be > 0, got {self.budget_bytes}")
         _require(0 < self.budget_fraction <= 0.95, "budget_fraction", f"must be in (0, 0.95], got {self.budget_fraction}")
         _require(self.swap_bytes is None or self.swap_bytes >= 0, "swap_bytes", f"must be >= 0, got {self.swap_bytes}")
+        _require(self.cpu_cap_bytes is None or self.cpu_cap_bytes > 0, "cpu_cap_bytes", f"must be > 0, got {self.cpu_cap_bytes}")
+
+    def resolve_budget(self, need_bytes: int, free_bytes: int, on_cpu: bool) -> tuple[int, str]:
+        """(bytes, why): ``need_bytes`` is what max_num_seqs full-length sequences use, ``free_bytes`` the device's
+        free memory (available RAM on CPU). ``why`` says which limit decided, for the start-up log and ``swaa info``."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes, "set by budget_bytes (--cache-bytes)"
+        limits = [(need_bytes, "what max_num_seqs x max_model_len can use"),
+                  (int(self.budget_fraction * free_bytes), f"{self.budget_fraction:g} of free memory (--cache-fraction)")]
+        if on_cpu and self.cpu_cap_bytes is not None:
+            limits.append((self.cpu_cap_bytes, "the CPU cap (--cache-cpu-cap)"))
+        size, why = min(limits, key=lambda x: x[0])
+        return max(1, size), why
 
 
 @dataclass(frozen=True)

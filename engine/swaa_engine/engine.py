@@ -24,6 +24,7 @@ from swaa_engine.kv_cache.pools import SwapSpace
 from swaa_engine.kv_cache.storage import allocate_kv
 from swaa_engine.kv_cache.swap import HostSwap
 from swaa_engine.model_runner import ModelRunner
+from swaa_engine.models.gguf import read_gguf
 from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
 from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
@@ -32,6 +33,9 @@ from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError
 from swaa_engine.scheduler import Chunk, Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
+
+# The chat roles accepted (the proto's ChatMessage.role; the SDK checks the same list).
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 # A prompt: text, token ids, or chat messages ([{"role": …, "content": …}, …]).
 Prompt = Union[str, Seq[int], Seq[dict]]
@@ -102,6 +106,7 @@ class LLMEngine:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.source: ModelSource | None = None
+        state_dict = None
         if hf_model is not None:
             hf_config = hf_model.config
             try:  # only for the model's name: the weights are already here
@@ -110,7 +115,12 @@ class LLMEngine:
                 self.source = None
         elif hf_config is None:
             self.source = resolve_source(config.model)
-            hf_config = load_hf_config(self.source)
+            if self.source.gguf_file:  # one read of the file for config, tokenizer and weights
+                gguf = read_gguf(self.source.folder, self.source.gguf_file)
+                hf_config, tokenizer, state_dict = gguf.config, gguf.tokenizer, gguf.state_dict
+                del gguf
+            else:
+                hf_config = load_hf_config(self.source)
         self.hf_config = hf_config
         self.dims = dims_from_config(hf_config)
         self.tokenizer = tokenizer if tokenizer is not None else (load_tokenizer(self.source) if self.source else None)
@@ -133,15 +143,16 @@ class LLMEngine:
         kv = KVShape(self.dims.num_kv_heads, self.dims.head_dim, torch.finfo(self.dtype).bits // 8)
         block_size = config.cache.block_size
         sched = config.scheduler
-        budget = self._budget(config.cache, kv)
-        self.pool_plan = plan_pools(self.specs, kv, block_size, budget, sched.max_num_seqs)
+        budget, rings = self._budget(config.cache, kv)
+        self.pool_plan = plan_pools(self.specs, kv, block_size, budget, rings)
         swap = SwapSpace(self._swap_budget(config.cache), self.pool_plan.block_bytes, self.pool_plan.ring_bytes)
         self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings, swap)
         self._check_plan(budget)
         self.scheduler = Scheduler(sched, self.cache)
 
         self.model = load_model(self.source, hf_config, self.dtype, self.device, random_weights=config.random_weights,
-                                seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa)
+                                seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa, state_dict=state_dict)
+        del state_dict  # the model holds its own copy now
         caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
         geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks, max_len=self.max_model_len)
         self.backend = create_backend(
@@ -184,7 +195,7 @@ class LLMEngine:
         knob = "raise --cache-bytes (CacheConfig.budget_bytes)"
         cap = cache.max_tokens_per_seq()
         if cap is not None and cap < L:
-            raise ConfigError("cache", f"the cache budget of {budget} bytes holds {cap} tokens of paged KV "
+            raise ConfigError("cache", f"the cache budget of {budget} bytes ({self.cache_budget_reason}) holds {cap} tokens of paged KV "
                                        f"({plan.block_bytes} bytes per block of {cache.block_size}), fewer than "
                                        f"max_model_len={L}; {knob} or lower max_model_len")
         if cache.has_ring and cache.rings.total == 0:
@@ -195,13 +206,21 @@ class LLMEngine:
                                        f"{plan.ring_bytes} bytes, and each running sequence holds one; {knob} to at "
                                        f"least {plan.ring_bytes} bytes")
 
-    def _budget(self, cc: CacheConfig, kv: KVShape) -> int:
-        if cc.budget_bytes is not None:
-            return cc.budget_bytes
-        # Never more than max_num_seqs full-length sequences need: on the CPU the pools are RAM.
-        padded_len = -(-self.max_model_len // cc.block_size) * cc.block_size  # whole blocks
-        need = self.config.scheduler.max_num_seqs * padded_len * kv.bytes_per_token * self.dims.num_layers
-        return max(1, min(int(cc.budget_fraction * free_memory_bytes(self.device)), need))
+    def _budget(self, cc: CacheConfig, kv: KVShape) -> tuple[int, int]:
+        """(bytes, most rings) for ``plan_pools``; sets ``cache_budget_reason`` (which limit decided the bytes)."""
+        # What max_num_seqs full-length sequences use, pools as planned: whole blocks in the paged layers,
+        # one ring each in the ring layers (a plan's unit sizes do not depend on its budget).
+        unit = plan_pools(self.specs, kv, cc.block_size, 1, self.config.scheduler.max_num_seqs)
+        blocks_per_seq = -(-self.max_model_len // cc.block_size)
+        need = self.config.scheduler.max_num_seqs * (blocks_per_seq * unit.block_bytes + unit.ring_bytes)
+        free = free_memory_bytes(self.device) if cc.budget_bytes is None else 0
+        size, self.cache_budget_reason = cc.resolve_budget(need, free, self.device.type == "cpu")
+        rings = self.config.scheduler.max_num_seqs
+        if unit.ring_bytes and unit.block_bytes and size < need:
+            # rings are planned first (one per running sequence): below what max_num_seqs need, keep one
+            # full-length sequence's blocks out of their share, or a capped budget could hold no long prompt at all
+            rings = max(1, min(rings, (size - blocks_per_seq * unit.block_bytes) // unit.ring_bytes))
+        return size, rings
 
     def _swap_budget(self, cc: CacheConfig) -> int:
         if cc.swap_bytes is not None:
@@ -240,6 +259,8 @@ class LLMEngine:
             for i, m in enumerate(prompt):
                 if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                     raise InvalidRequestError(f"messages[{i}]", "each message needs a string role and content")
+                if m["role"] not in CHAT_ROLES:  # a template renders an unknown role as text, silently
+                    raise InvalidRequestError(f"messages[{i}].role", f"must be one of {', '.join(CHAT_ROLES)}, got {m['role']!r}")
             bounds.count(self._count_encode, "\n".join(f"{m['role']}\n{m['content']}" for m in prompt))
             ids = self._encode_chat(prompt)
         elif isinstance(prompt, (list, tuple)):
@@ -277,7 +298,7 @@ class LLMEngine:
         if len(prompt_ids) >= self.max_model_len:
             raise InvalidRequestError("prompt", f"{len(prompt_ids)} tokens; the limit is {self.max_model_len - 1} (max_model_len {self.max_model_len} minus one generated token)")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}")
+            raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}: with this max_tokens the longest prompt accepted is {self.max_model_len - params.max_tokens} tokens; lower max_tokens (default {SamplingParams.max_tokens}) for a longer prompt")
         for t in params.stop_token_ids:
             if t >= self.dims.vocab_size:
                 raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass, field
+import time
 
 import grpc
 import structlog
@@ -16,6 +16,7 @@ from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.engine import LLMEngine
+from swaa_server.config import ServerConfig, TLSConfig  # noqa: F401 (TLSConfig: imported from here by callers)
 from swaa_server.frontend import LocalFrontend
 from swaa_server.interceptors import BearerAuth, DecodeErrors, RequestBytes
 from swaa_server.servicer import GenerationServicer
@@ -26,57 +27,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-@dataclass(frozen=True)
-class TLSConfig:
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None  # set → mutual TLS: clients must present a certificate signed by it
-
-    def credentials(self) -> grpc.ServerCredentials:
-        def read(p):
-            with open(p, "rb") as f:
-                return f.read()
-
-        ca = read(self.client_ca_file) if self.client_ca_file else None
-        return grpc.ssl_server_credentials([(read(self.key_file), read(self.cert_file))], root_certificates=ca,
-                                           require_client_auth=ca is not None)
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    grace_s: float = 25.0  # in-flight streams get this long after SIGTERM
-    max_message_bytes: int = 16 << 20
-    keepalive_s: float = 60.0  # server pings idle connections this often, so dead peers are noticed
-    metrics_port: int | None = None  # None = no metrics endpoint; 0 = any free port
-    metrics_host: str = "0.0.0.0"
-    auth_tokens: tuple[str, ...] = field(default=(), repr=False)  # empty = no auth
-    tls: TLSConfig | None = None
-    log_prompts: bool = False
-
-    def __post_init__(self):
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port: {self.port} out of range")
-        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
-            raise ValueError(f"metrics_port: {self.metrics_port} out of range")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s: must be >= 0, got {self.grace_s}")
-        if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes: must be >= 1024, got {self.max_message_bytes}")
-        if self.keepalive_s <= 0:
-            raise ValueError(f"keepalive_s: must be > 0, got {self.keepalive_s}")
-        if any(not t or t != t.strip() for t in self.auth_tokens):
-            raise ValueError("auth_tokens: tokens must be non-empty without surrounding whitespace")
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        ka = int(self.keepalive_s * 1000)
-        return [("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.keepalive_time_ms", ka), ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-                # clients may ping this often without being told "too many pings"
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+def engine_summary(engine: LLMEngine) -> dict:
+    """What a start-up log line says about a loaded engine: its model, and how big its KV cache is and why."""
+    plan = engine.pool_plan
+    return dict(model=engine.model_name, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch."),
+                max_model_len=engine.max_model_len, cache_bytes=plan.total_bytes, cache_budget=engine.cache_budget_reason,
+                paged_blocks=engine.cache.blocks.total, paged_tokens=engine.cache.max_tokens_per_seq() or 0,
+                rings=engine.cache.rings.total)
 
 
 async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready: asyncio.Event | None = None,
@@ -99,8 +56,9 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    t_start = time.monotonic()
     log.info("server.listening", address=f"{sc.host}:{port}", tls=bool(sc.tls), mtls=bool(sc.tls and sc.tls.client_ca_file),
-             auth=bool(sc.auth_tokens))
+             auth=bool(sc.auth_tokens), health="NOT_SERVING until the model is loaded and warmed up")
     if not sc.auth_tokens and sc.host not in LOOPBACK:
         log.warning("server.no_auth", detail="listening beyond loopback without bearer tokens")
 
@@ -129,40 +87,65 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
             metrics.watch(front.loads, ready=lambda: sum(front.ready))
         else:
             if engine is None:
+                log.info("engine.loading", model=engine_config.model or "embedded", swaa=engine_config.swaa.describe())
+                t0 = time.monotonic()
                 engine = await loop.run_in_executor(None, LLMEngine, engine_config)
+                log.info("engine.loaded", seconds=round(time.monotonic() - t0, 2), **engine_summary(engine))
+            log.info("engine.warming_up", device=str(engine.device))
+            t0 = time.monotonic()
             warm = await loop.run_in_executor(None, engine.warmup)  # kernels compile now, not under load
-            if warm:
-                log.info("engine.warmup", **warm)
+            log.info("engine.warmed_up", seconds=round(time.monotonic() - t0, 2),
+                     steps={k: v for k, v in warm.items() if k != "seconds"} or "none needed off CUDA")
             metrics = Metrics()
             front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log)))
             metrics.watch(front.loads)
     except BaseException:
         await server.stop(0)  # a config error must end the process cleanly, not leave a half-open server
         raise
-    metrics_port = metrics.serve_http(sc.metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
+    metrics_host = sc.metrics_host or sc.host
+    metrics_port = metrics.serve_http(metrics_host, sc.metrics_port) if sc.metrics_port is not None else None
     servicer.engine = front
     await asyncio.gather(*set_health(True))  # SERVING before anyone is told the server is ready
     snap, views = await front.info()
-    log.info("server.serving", model=snap.model_name, swaa=engine_config.swaa.describe(), metrics_port=metrics_port,
-             cache=snap.usage, replicas=len(views) or None)
+    log.info("server.serving", model=snap.model_name, swaa=engine_config.swaa.describe(),
+             metrics=f"{metrics_host}:{metrics_port}" if metrics_port is not None else None,
+             cache=snap.usage, replicas=len(views) or None, seconds_since_listening=round(time.monotonic() - t_start, 2))
     if ready is not None:
         ready.port = port
         ready.metrics_port = metrics_port
+        ready.metrics_host = metrics_host if metrics_port is not None else None
         ready.engine = front
         ready.set()
 
     stop = stop or asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (RuntimeError, ValueError):  # not the main thread (tests)
             pass
+
+    def running() -> dict[str, int]:
+        loads = [l for _, l in front.loads()]
+        return {"running": sum(l.running for l in loads), "waiting": sum(l.waiting for l in loads)}
+
     try:
         await stop.wait()
         draining = True
-        loads = [l for _, l in front.loads()]
-        log.info("server.draining", grace_s=sc.grace_s,
-                 running={"running": sum(l.running for l in loads), "waiting": sum(l.waiting for l in loads)})
+        # SIGTERM comes from an orchestrator: say NOT_SERVING but keep serving for the drain delay, so readiness
+        # probes and load balancers take this server out before it refuses anything. Ctrl-C or a programmatic
+        # stop skips the delay.
+        delay = sc.drain_delay_s if signals[:1] == [signal.SIGTERM] else 0.0
+        await asyncio.gather(*(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING) for name in ("", SERVICE)))
+        log.info("server.draining", drain_delay_s=delay, grace_s=sc.grace_s, running=running())
+        if delay:
+            await asyncio.sleep(delay)
+            log.info("server.refusing_new_calls", grace_s=sc.grace_s, running=running())
         await health_servicer.enter_graceful_shutdown()
         await server.stop(sc.grace_s)
     finally:

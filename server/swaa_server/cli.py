@@ -7,13 +7,15 @@ import sys
 
 
 def add_swaa_args(p: argparse.ArgumentParser) -> None:
+    from swaa_engine.swaa import SWAAConfig
+
     g = p.add_argument_group("SWAA (omit --window for the embedded model's default; --full-attention for none)")
     g.add_argument("--window", type=int, help="sliding window W: a query sees itself and W-1 earlier tokens")
     g.add_argument("--sinks", type=int, default=None, help="first k tokens stay visible to every sliding-layer query")
     g.add_argument("--fa-decode", nargs="?", const="all", default=None, metavar="LAYERS",
                    help="generated tokens attend to everything (all sliding layers, or a layer list/pattern)")
     g.add_argument("--fa-layers", default=None, metavar="LAYERS", help="full-attention layers: 1,3,5 | odd | even | every:N[:offset]")
-    g.add_argument("--fa-tail", type=int, default=0, metavar="T",
+    g.add_argument("--fa-tail", type=int, default=default(SWAAConfig, "fa_tail"), metavar="T",
                    help="experimental: the last T prompt tokens attend to everything in fa_decode layers (needs --fa-decode)")
     g.add_argument("--full-attention", action="store_true", help="no sliding window at all")
 
@@ -33,25 +35,71 @@ def swaa_from_args(args, model_given: bool):
                       fa_tail=args.fa_tail)
 
 
+def default(cls, name: str):
+    """A dataclass field's default: the CLI restates none (one source for each default)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1 << 20,
+          "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """'1073741824', '1GiB', '512MiB', '2GB' -> bytes (argparse type)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size (e.g. 1073741824, 512MiB, 1GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+byte_size.__name__ = "size"  # argparse names the type in its error message
+
+
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, except where there is none to show (None, off switches) or the help says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="Hugging Face folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--attention-backend", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (wins over --cache-fraction)")
-    p.add_argument("--cache-fraction", type=float, default=0.5, help="KV cache budget as a fraction of free device memory")
-    p.add_argument("--swap-bytes", type=int, default=None,
-                   help="host memory for preempted sequences' KV (default: like the KV budget, at most half the free RAM; "
-                        "0: preemption recomputes)")
-    p.add_argument("--decode-reserve-tokens", type=int, default=None,
-                   help="admission keeps cache free for this many more generated tokens of each running sequence "
-                        "(default: SchedulerConfig's, 512)")
-    p.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
+    from swaa_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+
+    e = p.add_argument_group("engine")
+    e.add_argument("--model", default=None, help="Hugging Face folder or .gguf file (default: embedded SmolLM2-135M-Instruct)")
+    e.add_argument("--dtype", default=default(EngineConfig, "dtype"), choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and KV cache (auto: bfloat16 on CUDA, float32 on CPU)")
+    e.add_argument("--device", default=default(EngineConfig, "device"), help="cpu, cuda, cuda:1, … (auto: CUDA if present)")
+    e.add_argument("--attention-backend", default=default(EngineConfig, "attention_backend"),
+                   help="flash (flash-attn-4, CUDA) or torch (auto: flash where it runs)")
+    e.add_argument("--max-model-len", type=int, default=None, help="longest prompt + generation (default: the model's limit)")
+    e.add_argument("--max-num-seqs", type=int, default=default(SchedulerConfig, "max_num_seqs"), help="sequences running at once")
+    e.add_argument("--max-num-batched-tokens", type=int, default=default(SchedulerConfig, "max_num_batched_tokens"),
+                   help="tokens per engine step; also the prefill chunk size")
+    e.add_argument("--block-size", type=int, default=default(CacheConfig, "block_size"), help="tokens per paged KV block")
+    e.add_argument("--cache-bytes", type=byte_size, default=None, metavar="SIZE",
+                   help="KV cache budget, e.g. 1GiB (wins over the sizing below; default: what --max-num-seqs sequences "
+                        "of --max-model-len can use, within --cache-fraction and, on CPU, --cache-cpu-cap)")
+    e.add_argument("--cache-fraction", type=float, default=default(CacheConfig, "budget_fraction"),
+                   help="most of the free device memory (available RAM on CPU) the KV cache may take")
+    e.add_argument("--cache-cpu-cap", type=byte_size, default=default(CacheConfig, "cpu_cap_bytes"), metavar="SIZE",
+                   help="most the KV cache takes on CPU unless --cache-bytes says otherwise")
+    e.add_argument("--swap-bytes", type=byte_size, default=default(CacheConfig, "swap_bytes"), metavar="SIZE",
+                   help="host memory for preempted sequences' KV (default: like the KV budget, at most half the free "
+                        "RAM; 0: preemption recomputes)")
+    e.add_argument("--decode-reserve-tokens", type=int, default=default(SchedulerConfig, "decode_reserve_tokens"),
+                   help="admission keeps cache free for this many more generated tokens of each running sequence")
+    e.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
+    e.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA (default: replay CUDA graphs)")
     add_swaa_args(p)
 
 
@@ -66,22 +114,25 @@ def engine_config_from_args(args):
         attention_backend=args.attention_backend,
         max_model_len=args.max_model_len,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                  **({} if args.decode_reserve_tokens is None else
-                                     {"decode_reserve_tokens": args.decode_reserve_tokens})),
+                                  decode_reserve_tokens=args.decode_reserve_tokens),
         cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction,
-                          swap_bytes=args.swap_bytes),
+                          cpu_cap_bytes=args.cache_cpu_cap, swap_bytes=args.swap_bytes),
         lora=args.lora,
         cuda_graphs=not args.no_cuda_graphs,
     )
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    from swaa_engine.sampling_params import SamplingParams
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=default(SamplingParams, "max_tokens"),
+                   help="most tokens to generate; prompt + max_tokens must fit the server's max context")
+    g.add_argument("--temperature", type=float, default=default(SamplingParams, "temperature"), help="0: greedy")
+    g.add_argument("--top-p", type=float, default=default(SamplingParams, "top_p"), help="nucleus sampling (1: off)")
+    g.add_argument("--top-k", type=int, default=default(SamplingParams, "top_k"), help="sample among the k likeliest (0: off)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: a random one)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
 def cmd_generate(args) -> int:
@@ -95,17 +146,27 @@ def _generate_offline(args) -> int:
     config = engine_config_from_args(args)
     print(f"loading {config.model or 'embedded SmolLM2-135M-Instruct'} ({config.swaa.describe()}) …", file=sys.stderr)
     engine = LLMEngine(config)
+    print(f"KV cache {_gib(engine.pool_plan.total_bytes)} ({engine.cache_budget_reason})", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
     engine.add_request(_prompt(args), params)
     while engine.has_work():
         for chunk in engine.step():
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
+            _write(chunk.text)
             if chunk.finished:
                 _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
                          chunk.timings.ttft_s or 0.0, chunk.timings.total_s)
     return 0
+
+
+_last_char = [""]
+
+
+def _write(text: str) -> None:
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        _last_char[0] = text[-1]
 
 
 def _prompt(args):
@@ -113,7 +174,10 @@ def _prompt(args):
 
 
 def _summary(reason: str, prompt_tokens: int, completion_tokens: int, ttft: float, total: float) -> None:
-    print(f"\n[{reason}; {prompt_tokens} prompt + {completion_tokens} generated tokens; "
+    if _last_char[0] not in ("", "\n"):  # the answer ends its own line, on stdout, before the stats line
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    print(f"[{reason}; {prompt_tokens} prompt + {completion_tokens} generated tokens; "
           f"first token {ttft:.2f}s, total {total:.2f}s]", file=sys.stderr)
 
 
@@ -139,8 +203,7 @@ def _generate_remote(args) -> int:
     with _client(args) as client:
         for chunk in client.stream(_prompt(args), max_tokens=args.max_tokens, temperature=args.temperature,
                                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
+            _write(chunk.text)
             if chunk.finished:
                 _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
                          chunk.timings.ttft_s, chunk.timings.total_s)
@@ -160,8 +223,44 @@ def cmd_info(args) -> int:
 
     with _client(args) as client:
         info = client.model_info()
-    print(json.dumps(dataclasses.asdict(info), indent=2))
+    print(json.dumps(dataclasses.asdict(info), indent=2) if args.json else info_summary(info))
     return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def info_summary(info) -> str:
+    """A few lines a person reads: the model, SWAA, the layers by kind, the cache and what sized it."""
+    from collections import Counter
+
+    swaa = ("full attention" if info.window is None else
+            f"window {info.window}, sinks {info.sinks}, fa_decode {info.fa_decode or 'false'}"
+            + (f", fa_layers {info.fa_layers}" if info.fa_layers else "") + (f", fa_tail {info.fa_tail}" if info.fa_tail else ""))
+    kinds = Counter((l.attention, l.cache) for l in info.layers)
+    layers = ", ".join(f"{n} {a} ({c})" for (a, c), n in kinds.items())
+    paged_tokens = info.paged.total * info.block_size
+    from swaa_engine.sampling_params import SamplingParams
+
+    longest = info.max_context - SamplingParams.max_tokens
+    lines = [f"model      {info.model} ({info.architecture}, vocab {info.vocab_size}), max context {info.max_context} tokens "
+             f"(prompt + max_tokens: with the default max_tokens {SamplingParams.max_tokens}, prompts up to {longest})",
+             f"SWAA       {swaa}",
+             f"layers     {len(info.layers)}: {layers}",
+             f"KV cache   {_gib(info.cache_bytes)}" + (f" ({info.cache_budget})" if info.cache_budget else ""),
+             f"  paged    {info.paged.used}/{info.paged.total} blocks of {info.block_size} tokens in use "
+             f"({paged_tokens} tokens in all)",
+             f"  ring     {info.ring.used}/{info.ring.total} rings in use"]
+    if not info.ring.total and info.window is not None:
+        lines.append("  note     no layer keeps a ring: every layer holds its full KV (fa_decode or full attention), so SWAA "
+                     "saves prefill compute here, not cache memory; ring layers (e.g. --fa-layers odd without "
+                     "--fa-decode) halve it at a cost in retrieval beyond the window (docs/quality.md)")
+    if info.replicas:
+        lines.append(f"replicas   {info.replicas_ready}/{len(info.replicas)} ready")
+        lines += [f"  #{r.index}       {'ready' if r.ready else 'down'}, {r.running} running, {r.waiting} waiting, "
+                  f"{r.restarts} restarts" for r in info.replicas]
+    return "\n".join(lines)
 
 
 def _read_tokens(args) -> tuple[str, ...]:
@@ -179,15 +278,16 @@ def _read_tokens(args) -> tuple[str, ...]:
 
 
 def server_config_from_args(args):
-    from swaa_server.app import ServerConfig, TLSConfig
+    from swaa_server.config import ServerConfig, TLSConfig
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key: give both to serve TLS")
     if args.tls_client_ca and not args.tls_cert:
         raise ValueError("--tls-client-ca: mutual TLS needs --tls-cert and --tls-key too")
     tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    return ServerConfig(host=args.host, port=args.port, grace_s=args.grace, max_message_bytes=args.max_message_bytes,
-                        keepalive_s=args.keepalive, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+    return ServerConfig(host=args.host, port=args.port, grace_s=args.grace, drain_delay_s=args.drain_delay,
+                        max_message_bytes=args.max_message_bytes,
+                        keepalive_s=args.keepalive, max_connection_age_s=args.max_connection_age or None, metrics_port=None if args.metrics_port < 0 else args.metrics_port,
                         metrics_host=args.metrics_host, auth_tokens=_read_tokens(args), tls=tls, log_prompts=args.log_prompts)
 
 
@@ -260,7 +360,7 @@ def cmd_load(args) -> int:
     cfg = LoadConfig(target=args.target, concurrency=args.concurrency, requests=args.requests, duration_s=args.duration,
                      prompt_tokens=span(args.prompt_tokens), max_tokens=span(args.max_tokens),
                      cancel_fraction=args.cancel_fraction, seed=args.seed, token=args.token)
-    report = asyncio.run(run_load(cfg))
+    report = asyncio.run(run_load(cfg, progress=sys.stderr.isatty()))
     print("\n".join(report.lines()))
     if args.json:
         with open(args.json, "w") as f:
@@ -322,26 +422,31 @@ def add_training_commands(sub) -> None:
     d = sub.add_parser("distill", help="self-distilled training data from the model's own full-attention answers")
     d.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     d.add_argument("--out", required=True, help="JSONL file (rerunning resumes it)")
-    d.add_argument("--lengths", default="1024,2048,4096,7936", help="prompt lengths in tokens")
-    d.add_argument("--samples", type=int, default=50, help="prompts per task and length")
-    d.add_argument("--tasks", default="passkey,multikey")
-    d.add_argument("--seed", type=int, default=1000)
-    d.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    from swaa_engine.training.distill import DistillConfig
+
+    d.add_argument("--lengths", default=_csv(default(DistillConfig, "lengths")), help="prompt lengths in tokens")
+    d.add_argument("--samples", type=int, default=default(DistillConfig, "samples"), help="prompts per task and length")
+    d.add_argument("--tasks", default=_csv(default(DistillConfig, "tasks")), help="retrieval tasks (comma-separated)")
+    d.add_argument("--seed", type=int, default=default(DistillConfig, "seed"), help="seed of the prompts")
+    d.add_argument("--dtype", default=default(DistillConfig, "dtype"), choices=["bfloat16", "float32"], help="the teacher's dtype")
     d.set_defaults(func=cmd_distill)
 
     f = sub.add_parser("finetune", help="SWA-aware LoRA fine-tuning (peft) under the serving mask")
     f.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     f.add_argument("--data", required=True, help="JSONL from swaa distill")
     f.add_argument("--out", required=True, help="run folder: adapter/, log.jsonl, loss.png, checkpoint/")
-    f.add_argument("--device", default="auto")
-    f.add_argument("--rank", type=int, default=16)
-    f.add_argument("--alpha", type=int, default=32)
-    f.add_argument("--lr", type=float, default=1e-4)
-    f.add_argument("--epochs", type=int, default=1)
-    f.add_argument("--max-steps", type=int, default=None)
+    # TrainConfig's module imports torch, which the parser of every command must not: its defaults are restated
+    # here and checked equal by tests/server/test_defaults.py
+    f.add_argument("--device", default="auto", help="cpu, cuda, … (auto: CUDA if present)")
+    f.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    f.add_argument("--alpha", type=int, default=32, help="LoRA alpha")
+    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    f.add_argument("--epochs", type=int, default=1, help="passes over the data")
+    f.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: the epochs decide)")
     f.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per packed batch")
-    f.add_argument("--kernel", default="auto", choices=["auto", "sdpa", "flex"])
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--kernel", default="auto", choices=["auto", "sdpa", "flex"],
+                   help="training attention: masked SDPA or FlexAttention (auto: flex on CUDA)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialisation and the data order")
     f.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
     f.add_argument("--limit", type=int, default=None, help="use only the first N examples")
     f.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
@@ -351,18 +456,30 @@ def add_training_commands(sub) -> None:
     m = sub.add_parser("merge", help="write a model folder with a LoRA adapter merged into the weights")
     m.add_argument("--model", default=None, help="the base model (default: the embedded model)")
     m.add_argument("--lora", required=True, help="peft adapter folder")
-    m.add_argument("--out", required=True)
+    m.add_argument("--out", required=True, help="folder to write the merged model to")
     m.set_defaults(func=cmd_merge)
 
 
 def add_serve_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
-    s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--grace", type=float, default=25.0, help="seconds in-flight streams get after SIGTERM")
+    from swaa_server.config import ServerConfig
+
+    s.add_argument("--host", default=default(ServerConfig, "host"), help="address to bind (0.0.0.0 in containers)")
+    s.add_argument("--port", type=int, default=default(ServerConfig, "port"), help="gRPC port")
+    s.add_argument("--grace", type=float, default=default(ServerConfig, "grace_s"),
+                   help="seconds in-flight streams get after SIGTERM, once the drain delay is over")
+    s.add_argument("--drain-delay", type=float, default=default(ServerConfig, "drain_delay_s"),
+                   help="seconds after SIGTERM during which health says NOT_SERVING but new calls are still served, "
+                        "so probes and load balancers take the server out first")
     s.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (-1: off)")
-    s.add_argument("--metrics-host", default="0.0.0.0")
-    s.add_argument("--max-message-bytes", type=int, default=16 << 20, help="largest request or response message")
-    s.add_argument("--keepalive", type=float, default=60.0, help="seconds between keepalive pings on idle connections")
+    s.add_argument("--metrics-host", default=default(ServerConfig, "metrics_host"),
+                   help="address the metrics endpoint binds (default: the --host address)")
+    s.add_argument("--max-message-bytes", type=int, default=default(ServerConfig, "max_message_bytes"),
+                   help="largest request or response message")
+    s.add_argument("--keepalive", type=float, default=default(ServerConfig, "keepalive_s"),
+                   help="seconds between keepalive pings on idle connections")
+    s.add_argument("--max-connection-age", type=float, default=default(ServerConfig, "max_connection_age_s"),
+                   help="seconds before a connection is asked to close (calls in flight finish), so clients balancing "
+                        "over a headless Service re-resolve it and find new pods (0: never)")
     a = s.add_argument_group("auth and TLS")
     a.add_argument("--auth-token-file", default=None, help="file of accepted bearer tokens, one per line")
     a.add_argument("--auth-token-env", default="SWAA_AUTH_TOKENS",
@@ -375,12 +492,12 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
                    help="run N engine replicas as Ray actors behind this front end (0: one engine in this process)")
     r.add_argument("--ray-address", default=None, help="join this Ray cluster ('auto' or host:port); default: start one here")
     r.add_argument("--gpus-per-replica", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
-    r.add_argument("--cpus-per-replica", type=float, default=1.0)
+    r.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for each replica")
     r.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all)")
     r.add_argument("--ray-object-store-bytes", type=int, default=None, help="a local Ray instance's object store size")
     o = s.add_argument_group("logs")
-    o.add_argument("--log-format", choices=["json", "console"], default="json")
-    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    o.add_argument("--log-format", choices=["json", "console"], default="json", help="one JSON object per line, or for a person")
+    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="least severe level logged")
     o.add_argument("--log-prompts", action="store_true", help="include prompt text in request logs (off: it may be personal data)")
 
 
@@ -407,8 +524,14 @@ def env_defaults(parser: argparse.ArgumentParser, environ, prefix: str = "SWAA_"
 
 
 def build_parser(environ=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swaa", description="SWAA inference service")
+    parser = argparse.ArgumentParser(prog="swaa", description="SWAA inference service", formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    plain = sub.add_parser
+
+    def add_parser(name, **kw):  # every command shows its flags' defaults
+        return plain(name, formatter_class=HelpFormatter, **kw)
+
+    sub.add_parser = add_parser
 
     s = sub.add_parser("serve", help="start the gRPC service (default: the embedded model on 127.0.0.1:50051); "
                                      "every flag may also come from SWAA_<FLAG> in the environment")
@@ -419,7 +542,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
         env_defaults(s, environ)
 
     g = sub.add_parser("generate", help="stream a generation from a server (--offline: run the engine in this process)")
-    g.add_argument("prompt")
+    g.add_argument("prompt", help="the prompt (sent as one user chat message unless --no-chat)")
     g.add_argument("--offline", action="store_true", help="load the model here instead of calling a server")
     g.add_argument("--no-chat", dest="chat", action="store_false", help="send the prompt as raw text, not a chat message")
     add_client_args(g)
@@ -435,34 +558,43 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="long-context quality (passkey, multi-key, LM loss) per SWAA config and length")
     e.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     e.add_argument("--out", default="eval-out", help="results folder (rerunning resumes it)")
-    e.add_argument("--window", type=int, default=512)
-    e.add_argument("--sinks", type=int, default=64)
-    e.add_argument("--tail", type=int, default=32, help="question-tail knob: last T prompt tokens read fully (fa_decode layers)")
-    e.add_argument("--lengths", default="1024,2048,4096,7936", help="context lengths in tokens")
-    e.add_argument("--samples", type=int, default=5, help="samples per task, config and length")
-    e.add_argument("--tasks", default="passkey,multikey,lm")
+    from swaa_engine.evaluation.harness import EvalConfig
+
+    e.add_argument("--window", type=int, default=default(EvalConfig, "window"), help="the sliding window of the grid's configs")
+    e.add_argument("--sinks", type=int, default=default(EvalConfig, "sinks"), help="sink tokens of the grid's configs")
+    e.add_argument("--tail", type=int, default=default(EvalConfig, "tail"),
+                   help="question-tail knob: last T prompt tokens read fully (fa_decode layers)")
+    e.add_argument("--lengths", default=_csv(default(EvalConfig, "lengths")), help="context lengths in tokens")
+    e.add_argument("--samples", type=int, default=default(EvalConfig, "samples"), help="samples per task, config and length")
+    e.add_argument("--tasks", default=_csv(default(EvalConfig, "tasks")), help="tasks (comma-separated)")
     e.add_argument("--configs", default="", help="comma-separated grid names (default: all)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    e.add_argument("--seed", type=int, default=default(EvalConfig, "seed"), help="seed of the samples")
+    e.add_argument("--dtype", default=default(EvalConfig, "dtype"), choices=["bfloat16", "float32"], help="model dtype")
     e.add_argument("--lora", default=None, metavar="DIR", help="evaluate with this peft adapter merged in")
     e.set_defaults(func=cmd_eval)
 
     add_training_commands(sub)
 
+    from swaa_server.loadgen import LoadConfig
+
     ld = sub.add_parser("load", help="bounded load generator against a local server (loopback only)")
-    ld.add_argument("--target", default="127.0.0.1:50051")
-    ld.add_argument("--token", default=None)
-    ld.add_argument("--concurrency", type=int, default=8, help="concurrent streams")
-    ld.add_argument("--requests", type=int, default=100, help="stop after this many requests")
-    ld.add_argument("--duration", type=float, default=60.0, help="or after this many seconds")
-    ld.add_argument("--prompt-tokens", default="16:512", help="min:max random prompt length")
-    ld.add_argument("--max-tokens", default="8:128", help="min:max output length")
-    ld.add_argument("--cancel-fraction", type=float, default=0.1, help="share of streams the client cancels midway")
-    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--target", default=default(LoadConfig, "target"), help="host:port of a loopback server")
+    ld.add_argument("--token", default=None, help="bearer token")
+    ld.add_argument("--concurrency", type=int, default=default(LoadConfig, "concurrency"), help="concurrent streams")
+    ld.add_argument("--requests", type=int, default=default(LoadConfig, "requests"),
+                    help="stop after this many requests (or at --duration, whichever comes first)")
+    ld.add_argument("--duration", type=float, default=default(LoadConfig, "duration_s"),
+                    help="stop issuing requests after this many seconds (default: no time limit)")
+    ld.add_argument("--prompt-tokens", default="%d:%d" % default(LoadConfig, "prompt_tokens"), help="min:max random prompt length")
+    ld.add_argument("--max-tokens", default="%d:%d" % default(LoadConfig, "max_tokens"), help="min:max output length")
+    ld.add_argument("--cancel-fraction", type=float, default=default(LoadConfig, "cancel_fraction"),
+                    help="share of streams the client cancels midway")
+    ld.add_argument("--seed", type=int, default=default(LoadConfig, "seed"), help="seed of the request mix")
     ld.add_argument("--json", default=None, help="also write the report here")
     ld.set_defaults(func=cmd_load)
 
-    i = sub.add_parser("info", help="model, SWAA config, per-layer cache layout and cache usage of a server (JSON)")
+    i = sub.add_parser("info", help="model, SWAA config, cache layout, size and usage of a server (--json: everything)")
+    i.add_argument("--json", action="store_true", help="print the whole ModelInfo as JSON (one entry per layer)")
     add_client_args(i)
     i.set_defaults(func=cmd_info)
     return parser

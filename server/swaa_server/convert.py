@@ -136,5 +136,6 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
                                                                      running=r.load.running, waiting=r.load.waiting)))
                   for r in replicas],
         replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
+        cache_bytes=snap.cache_bytes, cache_budget=snap.cache_budget,
         preemptions=pb.Preemptions(**pre),
     )

@@ -36,6 +36,8 @@ class EngineSnapshot:
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
     bounds: PromptBounds | None = None  # what a prompt must meet before it is even converted (None: unknown)
+    cache_bytes: int = 0  # KV memory reserved, and which limit sized it (CacheConfig.resolve_budget)
+    cache_budget: str = ""
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -44,7 +46,7 @@ def snapshot(engine) -> EngineSnapshot:
     return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                           tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, load.usage,
                           load.running, load.waiting, load.preemptions, load.steps, load.step_seconds,
-                          engine.prompt_bounds)
+                          engine.prompt_bounds, engine.pool_plan.total_bytes, engine.cache_budget_reason)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`swaa load`: a bounded asyncio load generator for the gRPC API, for loopback targets only.
 
-N concurrent streams draw requests until a request count or a time limit is reached. Prompt and
+N concurrent streams draw requests until the request count or the time limit (if any) is reached, whichever
+comes first; the report says which. Prompt and
 output lengths are mixed, and a fraction of the streams are cancelled at a random point. The report
 gives TTFT and inter-token latency percentiles, throughput, counts per status code, and the server's
 cache usage before and after.
@@ -21,7 +22,7 @@ class LoadConfig:
     target: str = "127.0.0.1:50051"
     concurrency: int = 8
     requests: int = 100
-    duration_s: float = 60.0
+    duration_s: float | None = None  # None: run until ``requests`` are done
     prompt_tokens: tuple[int, int] = (16, 512)
     max_tokens: tuple[int, int] = (8, 128)
     cancel_fraction: float = 0.1
@@ -31,8 +32,10 @@ class LoadConfig:
     def __post_init__(self):
         if not loopback(self.target):
             raise ValueError(f"target: {self.target} is not a loopback address; `swaa load` only loads local servers")
-        if self.concurrency < 1 or self.requests < 1 or self.duration_s <= 0:
-            raise ValueError("concurrency, requests and duration must be positive")
+        for name in ("concurrency", "requests", "duration_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be positive, got {value}")
         if not 0 <= self.cancel_fraction <= 1:
             raise ValueError(f"cancel_fraction: must be in [0, 1], got {self.cancel_fraction}")
         for name in ("prompt_tokens", "max_tokens"):
@@ -70,12 +73,15 @@ class LoadReport:
     output_tok_per_s: float
     cache_before: dict
     cache_after: dict
+    ended_by: str = ""  # "requests" or "duration"
 
     def lines(self) -> list[str]:
         def fmt(d):
             return ", ".join(f"{k} {v * 1e3:.1f} ms" if v is not None else f"{k} –" for k, v in d.items())
 
-        return [f"{sum(self.statuses.values())} requests in {self.wall_s:.1f} s: {self.statuses}",
+        why = (f"the duration limit ({self.config['duration_s']:g} s) ended it before {self.config['requests']} requests"
+               if self.ended_by == "duration" else f"all {self.config['requests']} requests done")
+        return [f"{sum(self.statuses.values())} requests in {self.wall_s:.1f} s ({why}): {self.statuses}",
                 f"completed {self.completed}, cancelled by the client {self.cancelled}, output {self.output_tokens} tokens "
                 f"({self.output_tok_per_s:.1f} tok/s)",
                 f"TTFT: {fmt(self.ttft_s)}", f"inter-token: {fmt(self.itl_s)}",
@@ -91,7 +97,7 @@ async def run_load(cfg: LoadConfig, progress: bool = True) -> LoadReport:
     ttft, itl = [], []
     counts = {"completed": 0, "cancelled": 0, "tokens": 0}
     issued = 0
-    t_end = time.monotonic() + cfg.duration_s
+    t_end = time.monotonic() + cfg.duration_s if cfg.duration_s is not None else float("inf")
     bar = tqdm(total=cfg.requests, desc="load", unit="req", disable=not progress)
 
     async with AsyncClient(cfg.target, token=cfg.token, timeout=600) as client:
@@ -149,4 +155,5 @@ async def run_load(cfg: LoadConfig, progress: bool = True) -> LoadReport:
     bar.close()
     pct = lambda xs: {f"p{p}": _pct(xs, p) for p in (50, 90, 99)}  # noqa: E731
     return LoadReport(asdict(cfg) | {"token": None}, wall, statuses, counts["completed"], counts["cancelled"],
-                      counts["tokens"], pct(ttft), pct(itl), counts["tokens"] / wall, before, after)
+                      counts["tokens"], pct(ttft), pct(itl), counts["tokens"] / wall, before, after,
+                      ended_by="requests" if issued >= cfg.requests else "duration")

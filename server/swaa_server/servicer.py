@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import structlog
 from google.protobuf import any_pb2
@@ -58,17 +60,20 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
 
     def _request(self, request):
-        rid = convert.request_id_of(request)  # first: a bad id is refused before anything logs it
-        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling), rid
+        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling)
 
     async def Generate(self, request, context):
         await self._ready(context)
+        rid = None
         try:
-            prompt, params, rid = self._request(request)
+            # the id first: a bad one is refused before anything logs it; a missing one is made here, so that
+            # the log line of a rejected call carries an id too
+            rid = convert.request_id_of(request) or uuid.uuid4().hex
+            prompt, params = self._request(request)
             stream = self.engine.stream(prompt, params, rid)
             first = await stream.__anext__()
         except _EXPECTED as e:
-            await _abort_with(context, e, request.request_id)
+            await _abort_with(context, e, rid)
         try:
             yield convert.chunk_pb(first)
             async for chunk in stream:
@@ -76,18 +81,22 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         except EngineDeadError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
         except ReplicaUnavailableError as e:  # its replica died mid-stream: retryable, the client knows how far it got
-            log.info("request.replica_lost", request_id=request.request_id or None, reason=str(e))
+            log.info("request.replica_lost", request_id=rid, reason=str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         finally:
             await stream.aclose()  # client cancel / deadline lands here: aborts the request, frees its cache
 
     async def GenerateOnce(self, request, context):
         await self._ready(context)
+        rid = None
         try:
-            prompt, params, rid = self._request(request)
+            # the id first: a bad one is refused before anything logs it; a missing one is made here, so that
+            # the log line of a rejected call carries an id too
+            rid = convert.request_id_of(request) or uuid.uuid4().hex
+            prompt, params = self._request(request)
             chunks = await self.engine.generate(prompt, params, rid)
         except _EXPECTED as e:
-            await _abort_with(context, e, request.request_id)
+            await _abort_with(context, e, rid)
         return convert.response_pb(chunks)
 
     async def Abort(self, request, context):

@@ -131,6 +131,14 @@ class Metrics:
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
     """structlog to stderr: one JSON object per line (``fmt="console"`` for humans). Also routes stdlib logging."""
     lvl = getattr(logging, level.upper())
+    if fmt == "json" or not sys.stderr.isatty():
+        # progress bars (transformers/huggingface_hub tqdm) are for a person at a terminal; in a JSON log they are noise
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
               structlog.processors.TimeStamper(fmt="iso", utc=True)]

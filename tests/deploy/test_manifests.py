@@ -53,6 +53,25 @@ def one(docs, kind):
     return found[0]
 
 
+def service(docs) -> dict:
+    """The Service with a virtual IP (beside it, the base has a headless one for per-call balancing)."""
+    found = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") != "None"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("target", ["overlays/cpu-demo", "overlays/gpu"])
+def test_headless_service_for_per_call_balancing(target):
+    """dns:///swaa-serve-headless:50051 resolves to every ready pod: the SDK's round robin needs exactly that."""
+    docs = render(target)
+    (headless,) = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    plain = service(docs)
+    assert headless["spec"]["selector"] == plain["spec"]["selector"] and headless["spec"]["selector"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in headless["spec"]["ports"]] == [("grpc", 50051, "grpc")]
+    _, container, env = front_end(docs)
+    assert serve_args(container, env).max_connection_age > 0  # clients re-resolve, so new pods get traffic
+
+
 def dockerfile() -> str:
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         return f.read()
@@ -166,8 +185,11 @@ def test_ports_probes_and_drain_timing_agree_with_the_server(target):
     assert live["periodSeconds"] * live["failureThreshold"] >= 30
     pre = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre[0] == "sleep"
-    assert pod["terminationGracePeriodSeconds"] >= float(pre[1]) + args.grace + 5, "the drain must fit the grace period"
-    svc = one(docs, "Service")
+    assert pod["terminationGracePeriodSeconds"] >= float(pre[1]) + args.drain_delay + args.grace + 5, \
+        "the drain must fit the grace period"
+    ready = container["readinessProbe"]
+    assert ready["periodSeconds"] * ready["failureThreshold"] < args.drain_delay, "readiness must notice the drain"
+    svc = service(docs)
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
     mon = one(docs, "ServiceMonitor")
     assert {e["port"] for e in mon["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}

@@ -41,7 +41,9 @@ def running_server(engine: LLMEngine, server_config: ServerConfig):
         time.sleep(0.02)
     assert ready.is_set(), "server did not come up"
     try:
-        yield Running(f"127.0.0.1:{ready.port}", ready.port, ready.metrics_port, ready.engine, engine, engine.config)
+        running = Running(f"127.0.0.1:{ready.port}", ready.port, ready.metrics_port, ready.engine, engine, engine.config)
+        running.metrics_host = ready.metrics_host
+        yield running
     finally:
         loop.call_soon_threadsafe(stop.set)
         t.join(15)

@@ -1,4 +1,4 @@
-"""`swaa serve` as a real process: CLI clients, JSON request logs without prompt text, SIGTERM drain."""
+"""`swaa serve` as a real process: CLI clients, JSON request logs without prompt text, SIGTERM drain (delay, then grace)."""
 
 import json
 import os
@@ -14,6 +14,7 @@ import pytest
 from swaa_client import NO_RETRY, Client, FinishReason, UnavailableError
 
 MARKER = "Confidential-Prompt-Marker-7431"
+DRAIN_DELAY = 1.5
 
 
 def _free_port() -> int:
@@ -31,7 +32,8 @@ def proc(tiny_chat_folder, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, SWAA_AUTH_TOKENS="tok-1,tok-2")
     p = subprocess.Popen([sys.executable, "-m", "swaa_server.cli", "serve", "--model", tiny_chat_folder, "--port", str(port),
-                          "--metrics-port", "-1", "--grace", "20", "--window", "16", "--sinks", "2", "--fa-decode",
+                          "--metrics-port", "-1", "--grace", "20", "--drain-delay", str(DRAIN_DELAY), "--window", "16",
+                          "--sinks", "2", "--fa-decode",
                           "--max-model-len", "1024", "--cache-bytes", str(8 << 20)],
                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     lines: list[str] = []
@@ -58,13 +60,36 @@ def test_cli_clients(proc):
     out = _swaa("generate", "Say hi", "--target", target, "--max-tokens", "5", env=env)
     assert out.returncode == 0, out.stderr
     assert "5 generated tokens" in out.stderr
+    assert out.stdout.endswith("\n") and out.stderr.startswith("[")  # the answer ends its line; the stats go below
     assert _swaa("health", "--target", target).stdout.strip() == "SERVING"
-    info = _swaa("info", "--target", target, env=env)
+    info = _swaa("info", "--target", target, "--json", env=env)
     assert info.returncode == 0, info.stderr
     layout = json.loads(info.stdout)
     assert layout["window"] == 16 and {l["attention"] for l in layout["layers"]} == {"sliding_fa_decode"}
+    assert layout["cache_bytes"] <= 8 << 20 and layout["cache_budget"] == "set by budget_bytes (--cache-bytes)"
+    summary = _swaa("info", "--target", target, env=env).stdout  # a short human summary by default
+    assert len(summary.splitlines()) < 12 and "window 16" in summary and "--cache-bytes" in summary
+    assert "no layer keeps a ring" in summary  # fa_decode everywhere: what the config trades is said
     denied = _swaa("info", "--target", target)  # no token
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_unknown_chat_role_is_refused_by_the_server_and_logged_with_an_id(proc):
+    """Sent past the SDK's own check (raw stub): the engine refuses the role and names the field."""
+    import grpc
+
+    from swaa_client._pb.swaa.v1 import generation_pb2 as pb
+    from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
+
+    p, target, lines = proc
+    req = pb.GenerateRequest(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="wizard", content="hi")]))
+    with grpc.insecure_channel(target) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.GenerationStub(ch).GenerateOnce(req, metadata=[("authorization", "Bearer tok-1")], timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "messages[0].role" in e.value.details()
+    time.sleep(0.3)
+    rejected = [json.loads(l) for l in lines if '"request.rejected"' in l]
+    assert rejected and all(r["request_id"] for r in rejected)  # was null when the client sent no id
 
 
 def test_sigterm_lets_streams_finish_then_exits_zero(proc):
@@ -90,10 +115,16 @@ def test_sigterm_lets_streams_finish_then_exits_zero(proc):
         t.start()
     for _ in threads:
         assert started.acquire(timeout=30)
+    t_term = time.monotonic()
     p.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    with Client(target, token="tok-1", retry=NO_RETRY, timeout=10) as late:  # draining: new calls are refused
-        with pytest.raises(UnavailableError):
+    with Client(target, token="tok-1", retry=NO_RETRY, timeout=10) as late:
+        # the drain delay: health says NOT_SERVING at once, so probes take the pod out, but calls are still served
+        assert late.health() == "NOT_SERVING"
+        assert late.generate([1, 2, 3], max_tokens=2).usage.completion_tokens == 2
+        assert time.monotonic() - t_term < DRAIN_DELAY, "the checks above must land inside the delay"
+        time.sleep(DRAIN_DELAY - (time.monotonic() - t_term) + 0.5)
+        with pytest.raises(UnavailableError):  # then new calls are refused while in-flight streams finish
             late.generate([1, 2, 3], max_tokens=2)
     for t in threads:
         t.join(60)
@@ -109,10 +140,12 @@ def test_sigterm_lets_streams_finish_then_exits_zero(proc):
     assert "server.draining" in names and names[-1] == "server.stopped"
     drain = next(e for e in events if e["event"] == "server.draining")
     assert drain["running"]["running"] + drain["running"]["waiting"] > 0  # SIGTERM really landed mid-stream
+    refusing = next(e for e in events if e["event"] == "server.refusing_new_calls")
+    assert refusing["running"]["running"] > 0  # the streams outlived the delay: they were given the grace
     finished = {e["request_id"] for e in events if e["event"] == "request.finished"}
     accepted = {e["request_id"] for e in events if e["event"] == "request.accepted"}
     assert {f"drain-{i}" for i in range(4)} <= finished & accepted
-    assert all("request_id" in e for e in events if e["event"].startswith("request."))
+    assert all(e.get("request_id") for e in events if e["event"].startswith("request."))
 
 
 def test_every_serve_flag_can_come_from_the_environment():

@@ -154,12 +154,16 @@ def load_weights(model: LlamaFamilyModel, state_dict: dict[str, torch.Tensor]) -
 
 
 def load_model(source: ModelSource | None, cfg, dtype: torch.dtype, device: torch.device, *, random_weights: bool,
-               seed: int, hf_model=None, lora: str | None = None, swaa=None) -> LlamaFamilyModel:
-    """``lora``: a peft adapter folder merged into the weights before they are copied in."""
+               seed: int, hf_model=None, lora: str | None = None, swaa=None, state_dict=None) -> LlamaFamilyModel:
+    """``lora``: a peft adapter folder merged into the weights before they are copied in. ``state_dict``: weights
+    already read (``gguf.read_gguf``), in Hugging Face names."""
     model = build_model(cfg, dtype, device)
     if random_weights:
         init_random(model, getattr(cfg, "initializer_range", 0.02), seed)
         return model  # EngineConfig refuses lora with random_weights
+    if state_dict is not None and not lora:
+        load_weights(model, state_dict)
+        return model
     if hf_model is None:
         from transformers import AutoModelForCausalLM
 

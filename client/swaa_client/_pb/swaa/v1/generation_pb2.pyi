@@ -269,7 +269,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., ready: _Optional[bool] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size", "replicas", "replicas_ready", "preemptions")
+    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size", "replicas", "replicas_ready", "cache_bytes", "cache_budget", "preemptions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,8 @@ class ModelInfo(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_READY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BUDGET_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     architecture: str
@@ -293,8 +295,10 @@ class ModelInfo(_message.Message):
     vocab_size: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     replicas_ready: int
+    cache_bytes: int
+    cache_budget: str
     preemptions: Preemptions
-    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., replicas_ready: _Optional[int] = ..., preemptions: _Optional[_Union[Preemptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., replicas_ready: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., cache_budget: _Optional[str] = ..., preemptions: _Optional[_Union[Preemptions, _Mapping]] = ...) -> None: ...
 
 class Preemptions(_message.Message):
     __slots__ = ("total", "swapped", "swapped_bytes", "recomputed", "recomputed_tokens", "swap_used_bytes", "swap_total_bytes")
