@@ -113,7 +113,7 @@ def test_engines_built_and_dropped_in_one_process_give_their_memory_back(folder)
     torch.cuda.empty_cache()
     free0 = torch.cuda.mem_get_info()[0]
     blocks = []
-    for i, name in enumerate(("fa", "swa+sinks", "swa+sinks+fa_decode")):
+    for i, name in enumerate(("fa", "swa+sinks+fa_decode", "fa")):  # paged caches: sized by the free memory
         # so many sequences that the cache is sized by the free memory (~70 GB on an H200), not by what they need
         llm = LLM(folder, swaa=CONFIGS[name], cache=CacheConfig(block_size=128, budget_fraction=0.5),
                   scheduler=SchedulerConfig(max_num_seqs=16384))
