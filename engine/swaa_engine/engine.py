@@ -351,7 +351,8 @@ class LLMEngine:
             now = t0
             # before any kernel of this step: the slots a swap-out leaves may already belong to another sequence
             for op in out.swap_out:
-                self.swapper.swap_out(op)
+                if op.request_id in self._requests:  # a preemption asked for between steps may have been aborted since
+                    self.swapper.swap_out(op)
             for op in out.swap_in:
                 self.swapper.swap_in(op)
             chunks = self.runner.order(out.chunks)

@@ -177,3 +177,16 @@ def test_score_equals_reference_logprobs(name, tiny_qwen3, tiny_prompts):
     assert got.shape == want.shape == (50,)
     assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
     assert llm.engine.cache.is_idle()
+
+
+def test_a_request_aborted_after_its_preemption_leaves_no_host_copy(tiny_qwen3, tiny_prompts):
+    folder, _ = tiny_qwen3
+    engine = LLM(folder, swaa=CONFIGS["fa"], cache=CacheConfig(block_size=8, budget_bytes=8 << 20)).engine
+    rid = engine.add_request(tiny_prompts[0], SamplingParams(max_tokens=5, ignore_eos=True))
+    engine.step()
+    assert engine.scheduler.preempt(rid)  # swapped out at the next step...
+    engine.abort(rid)  # ...but aborted first
+    engine.add_request(tiny_prompts[1], SamplingParams(max_tokens=2, ignore_eos=True))
+    while engine.has_work():
+        engine.step()
+    assert len(engine.swapper) == 0 and engine.cache.is_idle()
