@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator, Protocol
 
-from swaa_engine.engine import LLMEngine, Prompt
+from swaa_engine.engine import LLMEngine, Prompt, StepError
 from swaa_engine.intake import check_request_id
 from swaa_engine.outputs import StreamChunk, take_ready
 from swaa_engine.sampling_params import RequestIdInUseError, SamplingParams
@@ -69,6 +69,12 @@ class AsyncEngine:
                 continue
             try:
                 chunks = self.engine.step()
+            except StepError as e:  # only that step's requests fail; the engine and the other requests go on
+                log.error("engine step failed; ending its requests", exc_info=e.cause, extra={"request_ids": e.request_ids})
+                for rid, final in zip(e.request_ids, e.final_chunks):
+                    self._notify_finish(final)
+                    self._deliver(rid, EngineDeadError(str(e)))
+                continue
             except BaseException as e:  # deliver to every waiter instead of hanging them
                 log.exception("engine step failed")
                 self.error = e

@@ -80,6 +80,16 @@ class EngineLoad:
     step_seconds: float = 0.0
 
 
+class StepError(RuntimeError):
+    """A step raised: the requests in it (``request_ids``) were ended and their slots freed; the rest go on."""
+
+    def __init__(self, request_ids: list[str], cause: BaseException):
+        super().__init__(f"engine step failed: {cause!r}")
+        self.request_ids = request_ids
+        self.cause = cause
+        self.final_chunks: list[StreamChunk] = []
+
+
 @dataclass
 class _Request:
     seq: Sequence
@@ -166,6 +176,7 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
+        self._in_step: set[str] = set()  # request ids of the running step (an abort defers freeing their slots)
         self._seed_rng = random.Random(config.seed)
         self.steps = 0
         self.step_seconds = 0.0
@@ -334,7 +345,8 @@ class LLMEngine:
             req = self._requests.get(request_id)
             if req is None:
                 return None
-            self.scheduler.finish(req.seq, FinishReason.ABORT)
+            # a request of the running step keeps its slots until the step ends: its kernels still write them
+            self.scheduler.finish(req.seq, FinishReason.ABORT, defer_free=request_id in self._in_step)
             self._publish()
             return self._final_chunk(req, StreamChunk(request_id), time.monotonic())
 
@@ -363,8 +375,20 @@ class LLMEngine:
                     req.scheduled_at = now
                 if c.samples:
                     rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else []))
-        result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile
+            self._in_step = {c.seq.request_id for c in chunks}
+        try:
+            result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
+        except Exception as e:
+            with self._lock:
+                self._in_step = set()
+                self.scheduler.release_deferred()
+                err = StepError([c.seq.request_id for c in chunks if not c.seq.finished], e)
+                for rid in err.request_ids:
+                    err.final_chunks.append(self.abort(rid))
+            raise err from e
         with self._lock:
+            self._in_step = set()
+            self.scheduler.release_deferred()
             self.scheduler.advance(out)
             emitted = []
             now = time.monotonic()

@@ -99,6 +99,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._yielded = False  # the last step gave newcomers precedence over running prefills
         self._pending = SchedulerOutput()  # preemptions asked for between steps, carried into the next one
+        self._deferred: list[Sequence] = []  # finished while their step ran: slots freed when it ends
 
     @property
     def num_preemptions(self) -> int:
@@ -116,18 +117,28 @@ class Scheduler:
     def get(self, request_id: str) -> Sequence | None:
         return self._by_id.get(request_id)
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End a sequence wherever it is and give back every slot it holds (host memory too)."""
+    def finish(self, seq: Sequence, reason: FinishReason, defer_free: bool = False) -> None:
+        """End a sequence wherever it is and give back every slot it holds (host memory too). ``defer_free``: its
+        step is running, whose kernels still write its slots: they are given back by ``release_deferred``."""
         if seq.finished:
             return
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.cache.free(seq)
+        if defer_free:
+            self._deferred.append(seq)
+        else:
+            self.cache.free(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
         self._by_id.pop(seq.request_id, None)
+
+    def release_deferred(self) -> None:
+        """After a step: give back the slots of sequences that finished while it ran."""
+        for seq in self._deferred:
+            self.cache.free(seq)
+        self._deferred.clear()
 
     def abort(self, request_id: str) -> Sequence | None:
         seq = self._by_id.get(request_id)

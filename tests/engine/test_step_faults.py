@@ -1,0 +1,114 @@
+"""Aborts landing while a step runs, and steps that raise: only the requests concerned end, slots are freed
+when no kernel can still write them, and every other request finishes with the tokens a clean run gives."""
+
+import asyncio
+
+import pytest
+
+from swaa_engine.async_engine import AsyncEngine, EngineDeadError
+from swaa_engine.config import CacheConfig, SchedulerConfig
+from swaa_engine.engine import LLM, StepError
+from swaa_engine.sampling_params import SamplingParams
+from swaa_engine.swaa import canonical_configs
+
+CONFIGS = canonical_configs(window=16, sinks=4)
+PROMPTS = [[(7 * i + j) % 300 + 1 for j in range(n)] for i, n in enumerate((60, 33, 47, 21))]
+PARAMS = SamplingParams(max_tokens=12, ignore_eos=True)
+
+
+def engine(folder, name):
+    return LLM(folder, swaa=CONFIGS[name], cache=CacheConfig(block_size=8, budget_bytes=8 << 20),
+               scheduler=SchedulerConfig(max_num_batched_tokens=40)).engine
+
+
+def clean_run(folder, name):
+    e = engine(folder, name)
+    ids = [e.add_request(p, PARAMS) for p in PROMPTS]
+    got = {i: [] for i in ids}
+    while e.has_work():
+        for c in e.step():
+            got[c.request_id] += c.token_ids
+    return [got[i] for i in ids]
+
+
+@pytest.mark.parametrize("name", ["swa+sinks+half_fa", "swa+sinks", "fa"])
+def test_an_abort_landing_inside_a_step_hurts_no_other_request(name, tiny_qwen3):
+    """The abort runs in the step's unlocked window, just before the runner reads the batch (before the fix:
+    IndexError with paged layers, TypeError with rings, and every request of the step failed)."""
+    want = clean_run(tiny_qwen3[0], name)
+    e = engine(tiny_qwen3[0], name)
+    ids = [e.add_request(p, PARAMS) for p in PROMPTS]
+    execute, calls = e.runner.execute, [0]
+
+    def abort_then_execute(chunks, rows):
+        calls[0] += 1
+        if calls[0] == 4:  # mid-decode for some, mid-prefill for others
+            assert e.abort(ids[1]) is not None
+            assert e.cache.blocks.num_used + e.cache.rings.num_used > 0  # its slots are still held
+        return execute(chunks, rows)
+
+    e.runner.execute = abort_then_execute
+    got = {i: [] for i in ids}
+    while e.has_work():
+        for c in e.step():
+            got[c.request_id] += c.token_ids
+    assert calls[0] > 4
+    assert [got[i] for i in (ids[0], ids[2], ids[3])] == [want[0], want[2], want[3]]
+    assert e.cache.is_idle()
+
+
+def test_a_step_that_raises_fails_only_its_requests(tiny_qwen3):
+    want = clean_run(tiny_qwen3[0], "swa+sinks+half_fa")
+    e = engine(tiny_qwen3[0], "swa+sinks+half_fa")
+    first = [e.add_request(p, PARAMS) for p in PROMPTS[:2]]
+    execute, calls = e.runner.execute, [0]
+
+    def fail_third(chunks, rows):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("injected fault")
+        return execute(chunks, rows)
+
+    e.runner.execute = fail_third
+    e.step(), e.step()
+    with pytest.raises(StepError) as err:
+        e.step()
+    assert sorted(err.value.request_ids) == sorted(first) and all(c.finished for c in err.value.final_chunks)
+    assert e.cache.is_idle() and not e.has_work()
+    later = [e.add_request(p, PARAMS) for p in PROMPTS[2:]]  # the engine goes on
+    got = {i: [] for i in later}
+    while e.has_work():
+        for c in e.step():
+            got[c.request_id] += c.token_ids
+    assert [got[i] for i in later] == want[2:]
+    assert e.cache.is_idle()
+
+
+def test_async_streams_of_a_failed_step_end_with_an_error_and_others_finish(tiny_qwen3):
+    e = engine(tiny_qwen3[0], "fa")
+    execute, state = e.runner.execute, {"fail": False}
+
+    def maybe_fail(chunks, rows):
+        if state["fail"]:
+            state["fail"] = False
+            raise RuntimeError("injected fault")
+        return execute(chunks, rows)
+
+    e.runner.execute = maybe_fail
+    ae = AsyncEngine(e)
+
+    async def main():
+        doomed = await ae.open(PROMPTS[0], SamplingParams(max_tokens=200, ignore_eos=True))
+        await doomed.__anext__()
+        state["fail"] = True
+        with pytest.raises(EngineDeadError):
+            async for _ in doomed:
+                pass
+        return [c async for c in ae.stream(PROMPTS[1], PARAMS)]
+
+    try:
+        chunks = asyncio.run(main())
+    finally:
+        ae.shutdown()
+    assert chunks[-1].finished and sum(len(c.token_ids) for c in chunks) == 12
+    assert e.cache.is_idle()
