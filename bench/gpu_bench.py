@@ -1,7 +1,7 @@
 """GPU benchmarks: kernels, the paper's speed table, cache capacity, transformers as peer, and the paper's
 many-long-requests workload (``scale``) against each config's own roofline and vLLM's figures.
 
-    python bench/gpu_bench.py --out DIR [--only kernels,paper,capacity,peer,scale] [--paper-lengths 32768,131072]
+    python bench/gpu_bench.py --out DIR [--only kernels,paper,decode,capacity,peer,scale] [--paper-lengths 32768,131072]
     python bench/gpu_bench.py --out DIR --only scale --scale-runs FA:8x131072,SWA:8x131072
 
 Each part writes DIR/gpu_<part>.json (rows + card, versions, date, command); bench/gpu_report.py turns
@@ -334,8 +334,13 @@ def bench_paper(lengths: list[int], sizes: dict[int, int], l_out: int, ceil: dic
                 r["target_speedup"] = 1.2 * PAPER_SPEEDUP_128K[name]
             rows.append(r)
             print(json.dumps(r), flush=True)
-    # batch-1 decode against the bytes roofline: every step reads all weights and the request's KV
-    for graphs in (True, False):
+    return rows + bench_decode(ceil)
+
+
+def bench_decode(ceil: dict, eager_too: bool = True) -> list[dict]:
+    """Batch-1 decode against the bytes roofline: every step reads all weights and the request's KV."""
+    rows = []
+    for graphs in (True, False) if eager_too else (True,):
         r = run_engine(SWAAConfig(), 1, 8192, 128, max_len=8192 + 136, cuda_graphs=graphs)
         kv_bytes = 36 * 2 * HKV * D * 2 * (8192 + 64)
         r.update(config="FA batch-1 decode" + ("" if graphs else " (eager, no CUDA graphs)"),
@@ -444,6 +449,7 @@ def main() -> int:
     parts = {
         "kernels": lambda: bench_kernels(ceil),
         "paper": lambda: bench_paper([int(x) for x in args.paper_lengths.split(",")], sizes, args.paper_out, ceil),
+        "decode": lambda: bench_decode(ceil, eager_too=False),
         "capacity": bench_capacity,
         "peer": bench_peer,
         "scale": lambda: bench_scale([(c, int(w.split("x")[0]), int(w.split("x")[1]))

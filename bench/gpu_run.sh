@@ -12,7 +12,7 @@ rc=0
 if [[ $what == all || $what == tests ]]; then
   # the GPU suite, plus the Triton kernel checks compiled for the card (on CPU they run interpreted)
   python -m pytest -q -p no:cacheprovider tests/gpu tests/engine/test_triton_kernels.py \
-    tests/engine/test_attention_backend.py -m "gpu or triton" 2>&1 | tee "$OUT/gpu_tests.log"
+    tests/engine/test_attention_backend.py tests/engine/test_fused_kernels.py -m "gpu or triton" 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
 fi
 if [[ $what == all || $what == bench ]]; then

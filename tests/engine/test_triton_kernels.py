@@ -60,10 +60,11 @@ def test_decode_matches_float64(h, hk, d, page, per_seq, lens, dtype):
     ref = decode_reference(q, kflat, vflat, table, lens_t, page)
     tol = 1e-5 if dtype is torch.float32 else 1e-2
     ws = triton_ops.DecodeWorkspace(B, h, d, 8, DEV)
-    for splits in (1, 3, 8):  # splits past the keys of a short row are empty and must weigh nothing
+    # splits past the keys of a short row are empty and must weigh nothing; a key tile longer than every row
+    for splits, block_n in ((1, 16), (3, 16), (8, 16), (2, 128)):
         out = torch.full((B, h, d), float("nan"), dtype=dtype, device=DEV)
-        triton_ops.decode_attention(q, kflat, vflat, table, lens_t, page, d**-0.5, splits, out, ws, block_n=16)
-        assert rel(out.cpu(), ref) <= tol, splits
+        triton_ops.decode_attention(q, kflat, vflat, table, lens_t, page, d**-0.5, splits, out, ws, block_n=block_n)
+        assert rel(out.cpu(), ref) <= tol, (splits, block_n)
         assert torch.all(out[torch.tensor(lens) == 0] == 0)
     t = ops.DecodeTables(table, lens_t, page, max(lens), 1)
     assert rel(ops.decode_attention_torch(q, kflat, vflat, t, d**-0.5).cpu(), ref) <= tol
@@ -125,3 +126,4 @@ def test_split_count():
     assert triton_ops.num_splits_for(1, 8, 131072, 132) == 32  # one sequence: spread over the SMs
     assert triton_ops.num_splits_for(256, 8, 131072, 132) == 1  # the batch fills the card
     assert triton_ops.num_splits_for(1, 8, 100, 132) == 2  # never a split shorter than one key block
+    assert triton_ops.block_n_for(131072, 6) == 128 and triton_ops.block_n_for(4096, 1) == 64

@@ -77,11 +77,12 @@ class DecodeKernel:
     def __call__(self, q, k_flat, v_flat, t: DecodeTables, scale: float, out: torch.Tensor) -> None:
         """``q``/``out`` [B, H, D]; caches as flat ``[slots, Hk, D]`` views."""
         if self.triton:
-            from swaa_engine.attention.triton_ops import decode_attention
+            from swaa_engine.attention.triton_ops import block_n_for, decode_attention
 
             if not torch.cuda.is_current_stream_capturing():
                 self.reserve(q.shape[0], t.num_splits)
-            decode_attention(q, k_flat, v_flat, t.table, t.lens, t.page_size, scale, t.num_splits, out, self._ws)
+            decode_attention(q, k_flat, v_flat, t.table, t.lens, t.page_size, scale, t.num_splits, out, self._ws,
+                             block_n=block_n_for(t.max_len, t.num_splits))
         else:
             out.copy_(decode_attention_torch(q, k_flat, v_flat, t, scale))
 

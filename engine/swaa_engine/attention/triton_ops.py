@@ -108,6 +108,12 @@ def _precision(t: torch.Tensor) -> str | None:
     return "ieee" if t.dtype == torch.float32 else None
 
 
+def block_n_for(max_len: int, num_splits: int) -> int:
+    """Keys per loop iteration: 128 once each split streams more than 4k keys (+19 % bandwidth at 2-6 x 128k on
+    the H200, bench/decode_splits.py), 64 below, where the longer tile's padding and registers cost more."""
+    return 128 if max_len > 4096 * num_splits else 64
+
+
 def num_splits_for(batch: int, num_kv_heads: int, max_len: int, num_sms: int, block_n: int = 64, cap: int = 32) -> int:
     """Enough programs for about two waves over the SMs, never splits shorter than one key block."""
     want = max(1, math.ceil(2 * num_sms / max(1, batch * num_kv_heads)))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from swaa_engine.attention.base import AttentionBackend
+from swaa_engine.models.pointwise import add_rms_norm, qk_norm_rope, rms_norm, silu_mul
 from swaa_engine.swaa import LayerSpec
 
 
@@ -61,15 +62,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # float32 statistics as transformers does, so logits agree to fp32 tolerance
-        dtype = x.dtype
-        x = nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * x.to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Rotary(nn.Module):
@@ -83,9 +76,6 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
-
 
 class Attention(nn.Module):
     def __init__(self, dims: ModelDims, layer: int):
@@ -97,17 +87,12 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps)
             self.k_norm = RMSNorm(dims.head_dim, dims.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, attn: AttentionContext) -> torch.Tensor:
         d = self.dims
-        T = x.shape[0]
         qkv = self.qkv_proj(x)
-        heads = qkv.view(T, d.num_heads + 2 * d.num_kv_heads, d.head_dim)
-        qk = heads[:, : d.num_heads + d.num_kv_heads]  # q and k heads are adjacent: rotate them in one pass
-        if d.qk_norm:
-            qk = torch.cat([self.q_norm(qk[:, : d.num_heads]), self.k_norm(qk[:, d.num_heads :])], dim=1)
-        qk = qk * cos + rotate_half(qk) * sin
-        q = qk[:, : d.num_heads].reshape(T, d.q_size)
-        k = qk[:, d.num_heads :].reshape(T, d.kv_size)
+        norm = d.qk_norm
+        q, k = qk_norm_rope(qkv, d.num_heads, d.num_kv_heads, d.head_dim, positions, rotary.cos, rotary.sin,
+                            self.q_norm.weight if norm else None, self.k_norm.weight if norm else None, d.rms_norm_eps)
         v = qkv[:, d.q_size + d.kv_size :]
         o = attn(self.layer, q, k, v)
         return self.o_proj(o)
@@ -116,13 +101,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dims: ModelDims):
         super().__init__()
-        self.inter = dims.intermediate_size
         self.gate_up_proj = nn.Linear(dims.hidden_size, 2 * dims.intermediate_size, bias=False)
         self.down_proj = nn.Linear(dims.intermediate_size, dims.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -133,9 +116,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(dims.hidden_size, dims.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, attn):
+        """``x`` is the previous layer's output and ``residual`` the stream before it (None at the first
+        layer): the add is fused into this layer's first norm, and this layer's output is left unadded."""
+        n = self.input_layernorm
+        h, residual = add_rms_norm(x, residual, n.weight, n.eps)
+        h = self.self_attn(h, positions, rotary, attn)
+        n = self.post_attention_layernorm
+        h, residual = add_rms_norm(h, residual, n.weight, n.eps)
+        return self.mlp(h), residual
 
 
 class LlamaFamilyModel(nn.Module):
@@ -165,11 +154,11 @@ class LlamaFamilyModel(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
-        h = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, h.dtype)
+        h, residual = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
-            h = layer(h, cos, sin, attn)
-        return self.model.norm(h)
+            h, residual = layer(h, residual, positions, self.rotary, attn)
+        n = self.model.norm
+        return add_rms_norm(h, residual, n.weight, n.eps)[0]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
