@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from swaa_engine.attention.masks import swaa_mask
 from swaa_engine.swaa import AttentionKind, LayerSpec
-from swaa_engine.training.packing import PackedBatch
+from swaa_train.packing import PackedBatch
 
 IMPLEMENTATION = "swaa_train"
 KERNELS = ("sdpa", "flex")

@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from swaa_engine.models.adapters import SWAA_FILE
 from swaa_engine.swaa import SWAAConfig
-from swaa_engine.training.attention import KERNELS, answer_logits, default_kernel, swaa_masks
-from swaa_engine.training.distill import read_examples
-from swaa_engine.training.packing import batches, pack
-
-SWAA_FILE = "swaa.json"
+from swaa_train.attention import KERNELS, answer_logits, default_kernel, swaa_masks
+from swaa_train.distill import read_examples
+from swaa_train.packing import batches, pack
 
 
 @dataclass(frozen=True)
