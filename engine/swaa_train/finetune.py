@@ -28,7 +28,7 @@ from swaa_train.packing import batches, pack
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults are the reference recipe (notes/swaa.md): r 16, alpha 32, rsLoRA, dropout 0.1 on q/k/v; lr 1e-4,
+    """Defaults are the recipe of the SWAA paper's reference code (arXiv 2512.10411): r 16, alpha 32, rsLoRA, dropout 0.1 on q/k/v; lr 1e-4,
     linear decay after 5 % warm-up; 1 epoch; loss on answer tokens only."""
 
     data: str
