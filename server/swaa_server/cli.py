@@ -395,7 +395,8 @@ def cmd_distill(args) -> int:
 
 def cmd_finetune(args) -> int:
     """LoRA fine-tuning under the serving SWAA mask (resumable from OUT/checkpoint)."""
-    from swaa_train.finetune import TrainConfig, finetune
+    from swaa_train.config import TrainConfig
+    from swaa_train.finetune import finetune
 
     cfg = TrainConfig(data=args.data, out=args.out, swaa=swaa_from_args(args, model_given=args.model is not None),
                       rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
@@ -435,20 +436,21 @@ def add_training_commands(sub) -> None:
     f.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     f.add_argument("--data", required=True, help="JSONL from swaa distill")
     f.add_argument("--out", required=True, help="run folder: adapter/, log.jsonl, loss.png, checkpoint/")
-    # TrainConfig's module imports torch, which the parser of every command must not: its defaults are restated
-    # here and checked equal by tests/server/test_defaults.py
+    from swaa_train.config import TrainConfig
+
     f.add_argument("--device", default="auto", help="cpu, cuda, … (auto: CUDA if present)")
-    f.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    f.add_argument("--alpha", type=int, default=32, help="LoRA alpha")
-    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    f.add_argument("--epochs", type=int, default=1, help="passes over the data")
-    f.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: the epochs decide)")
-    f.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per packed batch")
-    f.add_argument("--kernel", default="auto", choices=["auto", "sdpa", "flex"],
+    f.add_argument("--rank", type=int, default=default(TrainConfig, "rank"), help="LoRA rank")
+    f.add_argument("--alpha", type=int, default=default(TrainConfig, "alpha"), help="LoRA alpha")
+    f.add_argument("--lr", type=float, default=default(TrainConfig, "lr"), help="peak learning rate")
+    f.add_argument("--epochs", type=int, default=default(TrainConfig, "epochs"), help="passes over the data")
+    f.add_argument("--max-steps", type=int, default=default(TrainConfig, "max_steps"),
+                   help="stop after this many steps (default: the epochs decide)")
+    f.add_argument("--max-batch-tokens", type=int, default=default(TrainConfig, "max_batch_tokens"), help="tokens per packed batch")
+    f.add_argument("--kernel", default=default(TrainConfig, "kernel"), choices=["auto", "sdpa", "flex"],
                    help="training attention: masked SDPA or FlexAttention (auto: flex on CUDA)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialisation and the data order")
-    f.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
-    f.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    f.add_argument("--seed", type=int, default=default(TrainConfig, "seed"), help="seed of the adapter's initialisation and the data order")
+    f.add_argument("--save-every", type=int, default=default(TrainConfig, "save_every"), help="checkpoint every N steps")
+    f.add_argument("--limit", type=int, default=default(TrainConfig, "limit"), help="use only the first N examples")
     f.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
     add_swaa_args(f)
     f.set_defaults(func=cmd_finetune)
