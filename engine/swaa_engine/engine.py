@@ -450,9 +450,9 @@ class LLMEngine:
     def warmup(self, force: bool = False) -> dict[str, float]:
         """Run every kind of step once on throwaway requests before serving: prefill chunks, chunks mixed
         with decodes, and decodes. On CUDA each kernel configuration compiles on first use (flash-attn-4
-        and Triton, seconds each): on an H200, a 128k benchmark whose warm-up skipped mixed steps saw the
-        second request's prefill take 3x the first's. Elsewhere nothing compiles, so it returns at once
-        unless ``force``. Needs an idle engine; returns the steps run by kind and the seconds spent."""
+        and Triton, seconds each; bench/RESULTS.md measures what a skipped kind costs). Elsewhere nothing
+        compiles, so it returns at once unless ``force``. Needs an idle engine; returns the steps run by
+        kind and the seconds spent."""
         if self.device.type != "cuda" and not force:
             return {}
         t0 = time.monotonic()
