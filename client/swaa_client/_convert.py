@@ -68,10 +68,15 @@ def set_prompt(msg, prompt: Prompt) -> None:
         raise TypeError("prompt must be a str, a sequence of token ids, or a sequence of {'role', 'content'} messages")
 
 
-def generate_request(prompt: Prompt, *, request_id: str | None, max_tokens: int | None, temperature: float,
-                     top_k: int, top_p: float | None, min_p: float, repetition_penalty: float | None,
-                     seed: int | None, stop: Sequence[str] | str | None, stop_token_ids: Sequence[int] | None,
-                     logprobs: int | None, ignore_eos: bool) -> pb.GenerateRequest:
+def generate_request(prompt: Prompt, *, max_tokens: int | None = None, temperature: float = 0.0, top_k: int = 0,
+                     top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None,
+                     seed: int | None = None, stop: Sequence[str] | str | None = None,
+                     stop_token_ids: Sequence[int] | None = None, logprobs: int | None = None, ignore_eos: bool = False,
+                     request_id: str | None = None) -> pb.GenerateRequest:
+    """The arguments of ``generate`` and ``stream`` (both clients), listed once: ``prompt`` is raw text (str), token
+    ids, or chat messages ``[{"role": "user", "content": "..."}]``; ``logprobs=n`` returns each token's logprob and
+    its top-n alternatives (0 = the token's only); greedy unless ``temperature`` > 0; ``seed`` makes sampling
+    reproducible. Out-of-range values are refused here, before anything is sent."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                    seed=seed, max_tokens=max_tokens, logprobs=logprobs)
     for t in stop_token_ids or ():
@@ -88,11 +93,6 @@ def generate_request(prompt: Prompt, *, request_id: str | None, max_tokens: int 
     req = pb.GenerateRequest(request_id=request_id or "", sampling=s)
     set_prompt(req, prompt)
     return req
-
-
-def request_from_call_args(args: dict) -> pb.GenerateRequest:
-    """``generate``/``stream`` pass their ``locals()``: one list of sampling arguments, kept in their signatures."""
-    return generate_request(**{k: v for k, v in args.items() if k not in ("self", "timeout")})
 
 
 def _logprobs(msg) -> tuple[TokenLogprob, ...]:

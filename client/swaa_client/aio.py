@@ -12,20 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from swaa_client import _convert, _wire
+from swaa_client._calls import attempts, request_args, retry_delay
 from swaa_client._options import NO_RETRY, ClientBase, RetryPolicy
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.errors import SwaaError, UnavailableError, from_rpc_error
 from swaa_client.types import Chunk, Completion, ModelInfo
-
-
-async def _error(e: grpc.aio.AioRpcError) -> SwaaError:
-    return from_rpc_error(e.code(), e.details(), e.trailing_metadata())
 
 
 class AsyncClient(ClientBase):
@@ -34,40 +29,25 @@ class AsyncClient(ClientBase):
     _grpc = grpc.aio
 
     async def _unary(self, method, request, timeout: float | None, retry: RetryPolicy):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1, retry.max_attempts + 1):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for attempt in attempts(timeout, retry):
             try:
-                return await method(request, timeout=left, metadata=self._conn.metadata)
+                return await method(request, timeout=attempt.timeout, metadata=self._conn.metadata)
             except grpc.aio.AioRpcError as e:
-                err = await _error(e)
-                if not isinstance(err, UnavailableError) or attempt == retry.max_attempts:
-                    raise err from None
-            await asyncio.sleep(retry.backoff(attempt))
+                delay = retry_delay(e, attempt, retry)
+            await asyncio.sleep(delay)
 
-    async def generate(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0,
-                       top_k: int = 0, top_p: float | None = None, min_p: float = 0.0,
-                       repetition_penalty: float | None = None, seed: int | None = None,
-                       stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
-                       logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
-                       timeout: float | None = None) -> Completion:
+    @request_args
+    async def generate(self, prompt: _convert.Prompt, *, timeout: float | None = None, **args) -> Completion:
         """Generate and return the whole result (see ``Client.generate``)."""
-        req = _convert.request_from_call_args(locals())
+        req = _convert.generate_request(prompt, **args)
         return _convert.completion(await self._unary(self._stub.GenerateOnce, req, timeout or self.timeout, self.retry))
 
-    async def stream(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float | None = None, min_p: float = 0.0,
-                     repetition_penalty: float | None = None, seed: int | None = None,
-                     stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
-                     logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
-                     timeout: float | None = None) -> AsyncIterator[Chunk]:
+    @request_args
+    async def stream(self, prompt: _convert.Prompt, *, timeout: float | None = None, **args) -> AsyncIterator[Chunk]:
         """Yield chunks as they are generated (see ``Client.stream``); leaving early cancels the call."""
-        req = _convert.request_from_call_args(locals())
-        timeout = timeout or self.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1, self.retry.max_attempts + 1):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            call = self._stub.Generate(req, timeout=left, metadata=self._conn.metadata)
+        req = _convert.generate_request(prompt, **args)
+        for attempt in attempts(timeout or self.timeout, self.retry):
+            call = self._stub.Generate(req, timeout=attempt.timeout, metadata=self._conn.metadata)
             received = False
             try:
                 async for msg in call:
@@ -75,12 +55,10 @@ class AsyncClient(ClientBase):
                     yield _convert.chunk(msg)
                 return
             except grpc.aio.AioRpcError as e:
-                err = await _error(e)
-                if received or not isinstance(err, UnavailableError) or attempt == self.retry.max_attempts:
-                    raise err from None
+                delay = retry_delay(e, attempt, self.retry, received=received)
             finally:
                 call.cancel()
-            await asyncio.sleep(self.retry.backoff(attempt))
+            await asyncio.sleep(delay)
 
     async def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
         """Abort a running request from any connection; False when none is running under that id."""

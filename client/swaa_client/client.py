@@ -15,14 +15,10 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from swaa_client import _convert, _wire
+from swaa_client._calls import attempts, request_args, retry_delay
 from swaa_client._options import NO_RETRY, ClientBase, RetryPolicy
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.errors import SwaaError, UnavailableError, from_rpc_error
 from swaa_client.types import Chunk, Completion, ModelInfo
-
-
-def _error(e: grpc.RpcError) -> SwaaError:
-    return from_rpc_error(e.code(), e.details(), e.trailing_metadata())
 
 
 class Client(ClientBase):
@@ -46,49 +42,32 @@ class Client(ClientBase):
 
     # -- calls ------------------------------------------------------------------------------
     def _unary(self, method, request, timeout: float | None, retry: RetryPolicy):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1, retry.max_attempts + 1):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for attempt in attempts(timeout, retry):
             try:
-                return method(request, timeout=left, metadata=self._conn.metadata)
+                return method(request, timeout=attempt.timeout, metadata=self._conn.metadata)
             except grpc.RpcError as e:
-                err = _error(e)
-                if not isinstance(err, UnavailableError) or attempt == retry.max_attempts:
-                    raise err from None
-            time.sleep(retry.backoff(attempt))
+                delay = retry_delay(e, attempt, retry)
+            time.sleep(delay)
 
-    def generate(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None, seed: int | None = None,
-                 stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
-                 logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
-                 timeout: float | None = None) -> Completion:
-        """Generate and return the whole result.
-
-        ``prompt`` is raw text (str), token ids, or chat messages ``[{"role": "user", "content": "..."}]``.
-        ``logprobs=n`` returns each token's logprob and its top-n alternatives (0 = the token's only).
-        Greedy unless ``temperature`` > 0; ``seed`` makes sampling reproducible.
+    @request_args
+    def generate(self, prompt: _convert.Prompt, *, timeout: float | None = None, **args) -> Completion:
+        """Generate and return the whole result. The arguments are ``_convert.generate_request``'s.
 
         >>> client.generate("2 + 2 =", max_tokens=4).finish_reason    # doctest: +SKIP
         <FinishReason.LENGTH: 'length'>
         """
-        req = _convert.request_from_call_args(locals())
+        req = _convert.generate_request(prompt, **args)
         return _convert.completion(self._unary(self._stub.GenerateOnce, req, timeout or self.timeout, self.retry))
 
-    def stream(self, prompt: _convert.Prompt, *, max_tokens: int | None = None, temperature: float = 0.0, top_k: int = 0,
-               top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None, seed: int | None = None,
-               stop: Sequence[str] | str | None = None, stop_token_ids: Sequence[int] | None = None,
-               logprobs: int | None = None, ignore_eos: bool = False, request_id: str | None = None,
-               timeout: float | None = None) -> Iterator[Chunk]:
+    @request_args
+    def stream(self, prompt: _convert.Prompt, *, timeout: float | None = None, **args) -> Iterator[Chunk]:
         """Yield chunks as tokens are generated; the last has ``finished`` set. Same arguments as ``generate``.
 
         Leaving the loop early (``break``, an exception) cancels the call; the server then frees the cache.
         """
-        req = _convert.request_from_call_args(locals())
-        timeout = timeout or self.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1, self.retry.max_attempts + 1):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            call = self._stub.Generate(req, timeout=left, metadata=self._conn.metadata)
+        req = _convert.generate_request(prompt, **args)
+        for attempt in attempts(timeout or self.timeout, self.retry):
+            call = self._stub.Generate(req, timeout=attempt.timeout, metadata=self._conn.metadata)
             received = False
             try:
                 for msg in call:
@@ -96,12 +75,10 @@ class Client(ClientBase):
                     yield _convert.chunk(msg)
                 return
             except grpc.RpcError as e:
-                err = _error(e)
-                if received or not isinstance(err, UnavailableError) or attempt == self.retry.max_attempts:
-                    raise err from None
+                delay = retry_delay(e, attempt, self.retry, received=received)
             finally:
                 call.cancel()  # no-op once finished; frees the server's request when the caller stops early
-            time.sleep(self.retry.backoff(attempt))
+            time.sleep(delay)
 
     def abort(self, request_id: str, *, timeout: float | None = None) -> bool:
         """Abort a running request (from any connection); its stream ends with finish reason ``abort``.

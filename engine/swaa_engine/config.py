@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from swaa_engine.errors import ConfigError
 from swaa_engine.swaa import SWAAConfig
-
-
-class ConfigError(ValueError):
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:

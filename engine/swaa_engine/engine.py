@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -30,7 +31,7 @@ from swaa_engine.models.registry import dims_from_config
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
 from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
-from swaa_engine.scheduler import Chunk, Scheduler
+from swaa_engine.scheduler import Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
 
@@ -449,9 +450,9 @@ class LLMEngine:
     def warmup(self, force: bool = False) -> dict[str, float]:
         """Run every kind of step once on throwaway requests before serving: prefill chunks, chunks mixed
         with decodes, and decodes. On CUDA each kernel configuration compiles on first use (flash-attn-4
-        and Triton, seconds each): on an H200, a 128k benchmark whose warm-up skipped mixed steps saw the
-        second request's prefill take 3x the first's. Elsewhere nothing compiles, so it returns at once
-        unless ``force``. Needs an idle engine; returns the steps run by kind and the seconds spent."""
+        and Triton, seconds each; bench/RESULTS.md measures what a skipped kind costs). Elsewhere nothing
+        compiles, so it returns at once unless ``force``. Needs an idle engine; returns the steps run by
+        kind and the seconds spent."""
         if self.device.type != "cuda" and not force:
             return {}
         t0 = time.monotonic()
@@ -480,39 +481,14 @@ class LLMEngine:
         out["seconds"] = time.monotonic() - t0
         return out
 
-    # -- scoring (evaluation) -------------------------------------------------------------
-    @torch.inference_mode()
-    def score(self, token_ids: list[int], num_prompt: int, chunk: int = 512) -> list[float]:
-        """Log-probability of each token at positions >= ``num_prompt`` given all before it, teacher-forced
-        through the serving path (caches, backend, SWAA masks): the prefix is read as a prompt, the rest as
-        if generated (so fa_decode layers attend to everything there). Needs an idle engine (offline use)."""
-        ids = list(token_ids)
-        if not 1 <= num_prompt < len(ids):
-            raise InvalidRequestError("num_prompt", f"must be in [1, {len(ids)}), got {num_prompt}")
-        if len(ids) > self.max_model_len:
-            raise InvalidRequestError("prompt", f"{len(ids)} tokens exceed max_model_len {self.max_model_len}")
+    @contextlib.contextmanager
+    def idle(self, what: str):
+        """Hold the engine between steps for offline work on its caches (``swaa_eval.scoring``); refuses while
+        requests are in flight."""
         with self._lock:
             if self.scheduler.has_work():
-                raise RuntimeError("score needs an idle engine")
-            seq = Sequence(f"score-{uuid.uuid4().hex}", ids[:num_prompt], SamplingParams(max_tokens=len(ids)))
-            seq.token_ids.extend(ids[num_prompt:])
-            out: list[float] = []
-            try:
-                for start in range(0, len(ids) - 1, chunk):
-                    n = min(chunk, len(ids) - 1 - start)  # the last token is only ever a target
-                    if not self.cache.can_allocate(seq, n):
-                        raise ConfigError("cache", f"too small to score {len(ids)} tokens")
-                    self.cache.allocate(seq, n)
-                    hidden = self.runner.hidden([Chunk(seq, start, n)])
-                    lo = max(start, num_prompt - 1)  # rows whose next token is a scored one
-                    if lo < start + n:
-                        logp = self.model.logits(hidden[lo - start:]).float().log_softmax(-1)
-                        target = torch.tensor(ids[lo + 1:start + n + 1], device=logp.device)
-                        out += logp.gather(1, target[:, None])[:, 0].tolist()
-                    seq.num_computed = start + n
-            finally:
-                self.cache.free(seq)
-        return out
+                raise RuntimeError(f"{what} needs an idle engine")
+            yield
 
     # -- teardown -------------------------------------------------------------------------
     def close(self) -> None:
@@ -535,9 +511,6 @@ class LLMEngine:
     def cache_usage(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return self.cache.usage()
-
-    def layer_cache_kinds(self) -> list[CacheKind]:
-        return [s.cache_kind for s in self.specs]
 
     def num_requests(self) -> dict[str, int]:
         with self._lock:

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class InvalidRequestError(ValueError):
-    """A request parameter is invalid; ``field`` names it (the server maps this to INVALID_ARGUMENT)."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.description = message
-
-    def __reduce__(self):  # crosses process boundaries (Ray replicas) with its field intact
-        return type(self), (self.field, self.description)
+from swaa_engine.errors import InvalidRequestError
 
 
 class RequestIdInUseError(ValueError):

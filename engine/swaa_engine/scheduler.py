@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from swaa_engine.config import SchedulerConfig
 from swaa_engine.kv_cache.manager import CacheManager, SwapOp
-from swaa_engine.sequence import FinishReason, Sequence, SeqStatus
+from swaa_engine.sequence import FinishReason, Sequence, SeqStatus, is_decode
 
 
 # The decode reserve is a soft hold: it never keeps more than this share of the blocks free, so that in a
@@ -53,8 +53,7 @@ class Chunk:
 
     @property
     def is_decode(self) -> bool:
-        """One generated token: served by the backends' batched decode path."""
-        return self.num_tokens == 1 and self.start >= self.seq.num_prompt
+        return is_decode(self.start, self.num_tokens, self.seq.num_prompt)
 
     @property
     def samples(self) -> bool:

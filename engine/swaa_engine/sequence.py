@@ -25,6 +25,12 @@ class FinishReason(enum.Enum):
 _counter = itertools.count()
 
 
+def is_decode(start: int, num_tokens: int, num_prompt: int) -> bool:
+    """Computing ``num_tokens`` tokens from ``start`` is a decode: one generated token, served by the backends'
+    batched decode path (the one definition: scheduler chunks, the attention layout and sequences ask here)."""
+    return num_tokens == 1 and start >= num_prompt
+
+
 @dataclass(eq=False)
 class Sequence:
     """Tokens of one request and how far the cache has computed them.
@@ -60,17 +66,13 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt
 
     @property
-    def generated_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt :]
-
-    @property
     def num_uncomputed(self) -> int:
         return len(self.token_ids) - self.num_computed
 
     @property
     def is_decoding(self) -> bool:
         """Only the last generated token is uncomputed: its next step is a decode."""
-        return self.num_uncomputed == 1 and self.num_computed >= self.num_prompt
+        return is_decode(self.num_computed, self.num_uncomputed, self.num_prompt)
 
     @property
     def finished(self) -> bool:

@@ -1,6 +1,6 @@
 """SWAA knobs and their expansion into one attention spec per layer.
 
-Semantics (0-based positions within one sequence), see docs/swaa.md:
+Semantics (0-based positions within one sequence), as in the SWAA paper (arXiv 2512.10411):
   sliding prompt token i sees key j  iff  j <= i and (i - j < window or j < sinks)
   generated tokens under fa_decode see every j <= i
   layers in fa_layers are full causal for every token
@@ -13,15 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from swaa_engine.errors import ConfigError
 from swaa_engine.kv_cache.pools import ring_size
-
-
-class SWAAConfigError(ValueError):
-    """A SWAA knob is invalid; ``field`` names the offending knob."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
 
 
 class AttentionKind(enum.Enum):
@@ -91,23 +84,23 @@ def parse_layer_pattern(value: str | Sequence[int] | None, num_layers: int, fiel
             step = int(m.group(1))
             offset = int(m.group(2)) if m.group(2) is not None else 1
             if step <= 0:
-                raise SWAAConfigError(field_name, f"every:N needs N >= 1, got {step}")
+                raise ConfigError(field_name, f"every:N needs N >= 1, got {step}")
             if offset >= step:
-                raise SWAAConfigError(field_name, f"offset {offset} must be smaller than N={step}")
+                raise ConfigError(field_name, f"offset {offset} must be smaller than N={step}")
             return frozenset(range(offset, num_layers, step))
         try:
             ids = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise SWAAConfigError(
+            raise ConfigError(
                 field_name, f"expected a layer list or one of odd, even, every:N[:offset], all, none; got {value!r}"
             ) from None
         value = ids
     ids = set()
     for x in value:
         if isinstance(x, bool) or not isinstance(x, int):
-            raise SWAAConfigError(field_name, f"layer ids must be integers, got {x!r}")
+            raise ConfigError(field_name, f"layer ids must be integers, got {x!r}")
         if not 0 <= x < num_layers:
-            raise SWAAConfigError(field_name, f"layer id {x} out of range [0, {num_layers})")
+            raise ConfigError(field_name, f"layer id {x} out of range [0, {num_layers})")
         ids.add(x)
     return frozenset(ids)
 
@@ -136,29 +129,29 @@ class SWAAConfig:
             object.__setattr__(self, "fa_layers", tuple(self.fa_layers))
         if self.window is not None:
             if isinstance(self.window, bool) or not isinstance(self.window, int):
-                raise SWAAConfigError("window", f"must be an integer or None, got {self.window!r}")
+                raise ConfigError("window", f"must be an integer or None, got {self.window!r}")
             if self.window <= 0:
-                raise SWAAConfigError("window", f"must be > 0, got {self.window}")
+                raise ConfigError("window", f"must be > 0, got {self.window}")
         if isinstance(self.sinks, bool) or not isinstance(self.sinks, int):
-            raise SWAAConfigError("sinks", f"must be an integer, got {self.sinks!r}")
+            raise ConfigError("sinks", f"must be an integer, got {self.sinks!r}")
         if self.sinks < 0:
-            raise SWAAConfigError("sinks", f"must be >= 0, got {self.sinks}")
+            raise ConfigError("sinks", f"must be >= 0, got {self.sinks}")
         if self.window is None:
             if self.sinks:
-                raise SWAAConfigError("sinks", "set without a window (sinks only apply to sliding layers)")
+                raise ConfigError("sinks", "set without a window (sinks only apply to sliding layers)")
             if self.fa_decode not in (False, (), "", "none"):
-                raise SWAAConfigError("fa_decode", "set without a window (it only applies to sliding layers)")
+                raise ConfigError("fa_decode", "set without a window (it only applies to sliding layers)")
             if self.fa_layers not in ((), "", "none"):
-                raise SWAAConfigError("fa_layers", "set without a window (every layer is already full)")
+                raise ConfigError("fa_layers", "set without a window (every layer is already full)")
         if isinstance(self.fa_tail, bool) or not isinstance(self.fa_tail, int) or self.fa_tail < 0:
-            raise SWAAConfigError("fa_tail", f"must be an integer >= 0, got {self.fa_tail!r}")
+            raise ConfigError("fa_tail", f"must be an integer >= 0, got {self.fa_tail!r}")
         if self.fa_tail and self.fa_decode in (False, (), "", "none"):
-            raise SWAAConfigError("fa_tail", "needs fa_decode: only sliding layers that keep a full cache can read "
+            raise ConfigError("fa_tail", "needs fa_decode: only sliding layers that keep a full cache can read "
                                              "the whole prompt for the question tokens")
         if not isinstance(self.fa_decode, (bool, str, tuple)):
-            raise SWAAConfigError("fa_decode", f"must be a bool or a layer list, got {self.fa_decode!r}")
+            raise ConfigError("fa_decode", f"must be a bool or a layer list, got {self.fa_decode!r}")
         if not isinstance(self.fa_layers, (str, tuple)):
-            raise SWAAConfigError("fa_layers", f"must be a layer list or pattern, got {self.fa_layers!r}")
+            raise ConfigError("fa_layers", f"must be a layer list or pattern, got {self.fa_layers!r}")
 
     @property
     def is_full(self) -> bool:
@@ -167,7 +160,7 @@ class SWAAConfig:
     def layer_specs(self, num_layers: int, max_len: int | None = None) -> tuple[LayerSpec, ...]:
         """One spec per layer; ``max_len`` (tokens a sequence can reach) caps ring layers' rings."""
         if num_layers <= 0:
-            raise SWAAConfigError("num_layers", f"must be > 0, got {num_layers}")
+            raise ConfigError("num_layers", f"must be > 0, got {num_layers}")
         if self.window is None:
             return tuple(LayerSpec(i, AttentionKind.FULL, None, 0) for i in range(num_layers))
         full = parse_layer_pattern(self.fa_layers, num_layers, "fa_layers")
@@ -202,7 +195,7 @@ class SWAAConfig:
         known = {"window", "sinks", "fa_decode", "fa_layers", "fa_tail"}
         unknown = set(d) - known
         if unknown:
-            raise SWAAConfigError(sorted(unknown)[0], f"unknown SWAA knob; known: {sorted(known)}")
+            raise ConfigError(sorted(unknown)[0], f"unknown SWAA knob; known: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -321,7 +321,7 @@ def cmd_eval(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swaa_engine.evaluation.harness import EvalConfig, run_grid, write_report
+    from swaa_eval.harness import EvalConfig, run_grid, write_report
     from swaa_engine.models.loader import resolve_source
 
     cfg = EvalConfig(out=args.out, window=args.window, sinks=args.sinks, tail=args.tail,
@@ -334,7 +334,7 @@ def cmd_eval(args) -> int:
     tok = AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
     name = src.name
     if args.lora:
-        from swaa_engine.training.adapters import merge_adapter
+        from swaa_engine.models.adapters import merge_adapter
 
         hf = merge_adapter(hf, args.lora).eval()
         name += f" + LoRA {args.lora}"
@@ -383,7 +383,7 @@ def _load_hf(model: str | None, device: str = "auto"):
 
 def cmd_distill(args) -> int:
     """Self-distilled training data: full-attention answers to training prompts, kept when correct (resumable)."""
-    from swaa_engine.training.distill import DistillConfig, distill
+    from swaa_train.distill import DistillConfig, distill
 
     cfg = DistillConfig(out=args.out, lengths=tuple(int(x) for x in args.lengths.split(",")), samples=args.samples,
                         tasks=tuple(args.tasks.split(",")), seed=args.seed, dtype=args.dtype)
@@ -395,7 +395,8 @@ def cmd_distill(args) -> int:
 
 def cmd_finetune(args) -> int:
     """LoRA fine-tuning under the serving SWAA mask (resumable from OUT/checkpoint)."""
-    from swaa_engine.training.finetune import TrainConfig, finetune
+    from swaa_train.config import TrainConfig
+    from swaa_train.finetune import finetune
 
     cfg = TrainConfig(data=args.data, out=args.out, swaa=swaa_from_args(args, model_given=args.model is not None),
                       rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
@@ -410,7 +411,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_merge(args) -> int:
     """A Hugging Face folder with the adapter merged in: serve it with --model, no peft needed."""
-    from swaa_engine.training.adapters import write_merged
+    from swaa_train.merge import write_merged
 
     _, hf, tok = _load_hf(args.model, "cpu")
     write_merged(hf, tok, args.lora, args.out)
@@ -422,7 +423,7 @@ def add_training_commands(sub) -> None:
     d = sub.add_parser("distill", help="self-distilled training data from the model's own full-attention answers")
     d.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     d.add_argument("--out", required=True, help="JSONL file (rerunning resumes it)")
-    from swaa_engine.training.distill import DistillConfig
+    from swaa_train.distill import DistillConfig
 
     d.add_argument("--lengths", default=_csv(default(DistillConfig, "lengths")), help="prompt lengths in tokens")
     d.add_argument("--samples", type=int, default=default(DistillConfig, "samples"), help="prompts per task and length")
@@ -435,20 +436,21 @@ def add_training_commands(sub) -> None:
     f.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     f.add_argument("--data", required=True, help="JSONL from swaa distill")
     f.add_argument("--out", required=True, help="run folder: adapter/, log.jsonl, loss.png, checkpoint/")
-    # TrainConfig's module imports torch, which the parser of every command must not: its defaults are restated
-    # here and checked equal by tests/server/test_defaults.py
+    from swaa_train.config import TrainConfig
+
     f.add_argument("--device", default="auto", help="cpu, cuda, … (auto: CUDA if present)")
-    f.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    f.add_argument("--alpha", type=int, default=32, help="LoRA alpha")
-    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    f.add_argument("--epochs", type=int, default=1, help="passes over the data")
-    f.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: the epochs decide)")
-    f.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per packed batch")
-    f.add_argument("--kernel", default="auto", choices=["auto", "sdpa", "flex"],
+    f.add_argument("--rank", type=int, default=default(TrainConfig, "rank"), help="LoRA rank")
+    f.add_argument("--alpha", type=int, default=default(TrainConfig, "alpha"), help="LoRA alpha")
+    f.add_argument("--lr", type=float, default=default(TrainConfig, "lr"), help="peak learning rate")
+    f.add_argument("--epochs", type=int, default=default(TrainConfig, "epochs"), help="passes over the data")
+    f.add_argument("--max-steps", type=int, default=default(TrainConfig, "max_steps"),
+                   help="stop after this many steps (default: the epochs decide)")
+    f.add_argument("--max-batch-tokens", type=int, default=default(TrainConfig, "max_batch_tokens"), help="tokens per packed batch")
+    f.add_argument("--kernel", default=default(TrainConfig, "kernel"), choices=["auto", "sdpa", "flex"],
                    help="training attention: masked SDPA or FlexAttention (auto: flex on CUDA)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialisation and the data order")
-    f.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps")
-    f.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    f.add_argument("--seed", type=int, default=default(TrainConfig, "seed"), help="seed of the adapter's initialisation and the data order")
+    f.add_argument("--save-every", type=int, default=default(TrainConfig, "save_every"), help="checkpoint every N steps")
+    f.add_argument("--limit", type=int, default=default(TrainConfig, "limit"), help="use only the first N examples")
     f.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
     add_swaa_args(f)
     f.set_defaults(func=cmd_finetune)
@@ -558,7 +560,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="long-context quality (passkey, multi-key, LM loss) per SWAA config and length")
     e.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     e.add_argument("--out", default="eval-out", help="results folder (rerunning resumes it)")
-    from swaa_engine.evaluation.harness import EvalConfig
+    from swaa_eval.harness import EvalConfig
 
     e.add_argument("--window", type=int, default=default(EvalConfig, "window"), help="the sliding window of the grid's configs")
     e.add_argument("--sinks", type=int, default=default(EvalConfig, "sinks"), help="sink tokens of the grid's configs")

@@ -363,7 +363,7 @@ def _check_config(cfg: EngineConfig) -> None:
     dims = dims_from_config(load_hf_config(resolve_source(cfg.model)))
     cfg.swaa.layer_specs(dims.num_layers)
     if cfg.lora:
-        from swaa_engine.training.adapters import check_adapter
+        from swaa_engine.models.adapters import check_adapter
 
         check_adapter(cfg.lora)
 

@@ -17,6 +17,7 @@ from swaa_engine.models.llama import AttentionContext
 from swaa_engine.reference import SWAAReference
 from swaa_engine.sampling_params import SamplingParams
 from swaa_engine.swaa import SWAAConfig, canonical_configs
+from swaa_eval.scoring import score
 
 CONFIGS = canonical_configs(window=16, sinks=4)
 SMOL_CONFIGS = canonical_configs(window=48, sinks=4)
@@ -166,12 +167,12 @@ def test_fa_tail_parity(fa_decode, tiny_qwen3, tiny_prompts):
 
 @pytest.mark.parametrize("name", ["fa", "swa+sinks", "swa+sinks+fa_decode", "swa+sinks+half_fa"])
 def test_score_equals_reference_logprobs(name, tiny_qwen3, tiny_prompts):
-    """LLMEngine.score (the eval harness's LM loss) is the reference's log-softmax at every scored position."""
+    """swaa_eval.scoring.score (the eval harness's LM loss) is the reference's log-softmax at every scored position."""
     folder, hf = tiny_qwen3
     swaa = CONFIGS[name]
     llm = LLM(folder, swaa=swaa, cache=CacheConfig(block_size=8, budget_bytes=8 << 20))
     ids = tiny_prompts[0]  # 150 tokens: the last 50 scored, as if generated
-    got = torch.tensor(llm.engine.score(ids, num_prompt=100, chunk=32))
+    got = torch.tensor(score(llm.engine, ids, num_prompt=100, chunk=32))
     ref = SWAAReference(hf, swaa).logits(ids, 100).log_softmax(-1)
     want = ref[99:-1].gather(1, torch.tensor(ids[100:])[:, None])[:, 0]
     assert got.shape == want.shape == (50,)

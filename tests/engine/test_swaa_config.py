@@ -1,7 +1,8 @@
 import pytest
 
+from swaa_engine.errors import ConfigError
 from swaa_engine.swaa import (
-    AttentionKind, CacheKind, SWAAConfig, SWAAConfigError, canonical_configs, parse_layer_pattern,
+    AttentionKind, CacheKind, SWAAConfig, canonical_configs, parse_layer_pattern,
 )
 
 
@@ -42,7 +43,7 @@ def test_layer_patterns(pattern, expected):
     (dict(window=True), "window"),
 ])
 def test_invalid_knobs_name_their_field(kwargs, field):
-    with pytest.raises(SWAAConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         SWAAConfig(**kwargs)
     assert e.value.field == field
 
@@ -54,7 +55,7 @@ def test_invalid_knobs_name_their_field(kwargs, field):
     (dict(window=8, fa_layers="sometimes"), "fa_layers"),
 ])
 def test_layer_ids_checked_against_the_model(kwargs, field):
-    with pytest.raises(SWAAConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         SWAAConfig(**kwargs).layer_specs(8)
     assert e.value.field == field
 
@@ -64,7 +65,7 @@ def test_config_is_frozen_and_round_trips():
     with pytest.raises(Exception):
         cfg.window = 3
     assert SWAAConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(SWAAConfigError):
+    with pytest.raises(ConfigError):
         SWAAConfig.from_dict({"windw": 3})
 
 
@@ -88,9 +89,9 @@ def test_reference_mask_is_sliding_visible_pair_by_pair():
 
 
 def test_fa_tail_needs_fa_decode():
-    from swaa_engine.swaa import SWAAConfig, SWAAConfigError
+    from swaa_engine.swaa import SWAAConfig
 
-    with pytest.raises(SWAAConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         SWAAConfig(window=8, fa_tail=4)
     assert e.value.field == "fa_tail"
     assert "fa_tail=4" in SWAAConfig(window=8, fa_decode=True, fa_tail=4).describe()

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from swaa_engine.evaluation import tasks as T
-from swaa_engine.evaluation.harness import EvalConfig, run_grid, summarize, wilson, write_report
-from swaa_engine.evaluation.texts import plays
+from swaa_eval import tasks as T
+from swaa_eval.harness import EvalConfig, run_grid, summarize, wilson, write_report
+from swaa_eval.texts import plays
 
 
 def test_splits_are_disjoint_and_real():

@@ -75,8 +75,8 @@ def test_cli_defaults_come_from_the_dataclasses():
 
 
 def test_finetune_defaults_restated_in_the_cli_equal_the_dataclass():
-    """TrainConfig imports torch, so the parser restates its defaults: they must not drift."""
-    from swaa_engine.training.finetune import TrainConfig
+    """The finetune flags take their defaults from TrainConfig (torch-free: swaa_train.config)."""
+    from swaa_train.finetune import TrainConfig
     from swaa_server.cli import build_parser
 
     a = build_parser({}).parse_args(["finetune", "--data", "d", "--out", "o"])

@@ -14,10 +14,11 @@ from swaa_engine.engine import LLM
 from swaa_engine.reference import SWAAReference
 from swaa_engine.sampling_params import SamplingParams
 from swaa_engine.swaa import SWAAConfig
-from swaa_engine.training import finetune as ft
-from swaa_engine.training.attention import all_logits, answer_logits, swaa_masks
-from swaa_engine.training.distill import DistillConfig, distill, read_examples
-from swaa_engine.training.packing import Example, batches, pack
+from swaa_eval.scoring import score
+from swaa_train import finetune as ft
+from swaa_train.attention import all_logits, answer_logits, swaa_masks
+from swaa_train.distill import DistillConfig, distill, read_examples
+from swaa_train.packing import Example, batches, pack
 
 CONFIGS = {
     "fa_decode+tail": SWAAConfig(window=32, sinks=4, fa_decode=True, fa_tail=8),
@@ -74,7 +75,7 @@ def test_training_mask_is_the_serving_mask(name, smollm2):
         seq = list(ex.prompt_ids) + list(ex.answer_ids)
         r = ref.logits(seq, len(ex.prompt_ids))
         torch.testing.assert_close(logits[s:e], r, atol=5e-3, rtol=1e-4)
-        engine_lp = torch.tensor(llm.engine.score(seq, len(ex.prompt_ids)))
+        engine_lp = torch.tensor(score(llm.engine, seq, len(ex.prompt_ids)))
         train_lp = ans[off: off + len(ex.answer_ids)].log_softmax(-1).gather(1, torch.tensor(ex.answer_ids)[:, None])[:, 0]
         torch.testing.assert_close(train_lp, engine_lp, atol=5e-3, rtol=1e-4)
         off += len(ex.answer_ids)

@@ -18,6 +18,7 @@ import torch
 
 from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
 from swaa_engine.kv_cache.pools import ring_size, ring_slot
+from swaa_engine.sequence import is_decode
 from swaa_engine.swaa import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class StepEntry:
 
     @property
     def is_decode(self) -> bool:
-        return self.num_tokens == 1 and self.start >= self.num_prompt
+        return is_decode(self.start, self.num_tokens, self.num_prompt)
 
 
 @dataclass(frozen=True)
@@ -180,10 +181,6 @@ _REGISTRY: dict[str, str] = {
     "flash": "swaa_engine.attention.flash_backend:FlashBackend",
 }
 _PREFERENCE = ("flash", "torch")
-
-
-def register_backend(name: str, target: str) -> None:
-    _REGISTRY[name] = target
 
 
 def _load(name: str) -> type[AttentionBackend]:

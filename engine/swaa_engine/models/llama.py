@@ -6,43 +6,15 @@ normalizes q and k per head. Attention is delegated to the step's ``AttentionCon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from swaa_engine.attention.base import AttentionBackend
+from swaa_engine.models.dims import ModelDims
 from swaa_engine.models.pointwise import add_rms_norm, qk_norm_rope, rms_norm, silu_mul
 from swaa_engine.swaa import LayerSpec
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """The config facts the engine needs, read once from a transformers config."""
-
-    architecture: str
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    o_bias: bool
-    qk_norm: bool
-
-    @property
-    def q_size(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_size(self) -> int:
-        return self.num_kv_heads * self.head_dim
 
 
 class AttentionContext:

@@ -177,7 +177,7 @@ def load_model(source: ModelSource | None, cfg, dtype: torch.dtype, device: torc
 
         hf_model = copy.deepcopy(hf_model)  # the caller's model stays unmerged
     if lora:
-        from swaa_engine.training.adapters import merge_adapter
+        from swaa_engine.models.adapters import merge_adapter
 
         hf_model = merge_adapter(hf_model, lora, swaa)
     load_weights(model, hf_model.state_dict())

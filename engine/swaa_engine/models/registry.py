@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from swaa_engine.models.llama import ModelDims
+from swaa_engine.models.dims import ModelDims
 
 
 class UnsupportedModelError(ValueError):

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from swaa_engine.attention.masks import swaa_mask
 from swaa_engine.swaa import AttentionKind, LayerSpec
-from swaa_engine.training.packing import PackedBatch
+from swaa_train.config import KERNELS
+from swaa_train.packing import PackedBatch
 
 IMPLEMENTATION = "swaa_train"
-KERNELS = ("sdpa", "flex")
 # A plain global, not a ContextVar: gradient checkpointing recomputes the forward during backward, which on CUDA runs
 # in autograd's device thread where a context variable set here would be unset. Training is one thread.
 _STATE: list = []

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from swaa_engine.evaluation import tasks as T
+from swaa_eval import tasks as T
 from swaa_engine.swaa import SWAAConfig, canonical_configs
 
 
@@ -78,8 +78,9 @@ def run_grid(cfg: EvalConfig, hf_model, tokenizer, progress: bool = True) -> lis
 
     from swaa_engine.config import SchedulerConfig
     from swaa_engine.engine import LLM
-    from swaa_engine.evaluation.texts import plays
     from swaa_engine.sampling_params import SamplingParams
+    from swaa_eval.scoring import score
+    from swaa_eval.texts import plays
 
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "results.jsonl")
@@ -107,7 +108,7 @@ def run_grid(cfg: EvalConfig, hf_model, tokenizer, progress: bool = True) -> lis
                 rows = []
                 if task == "lm":
                     for s in samples:
-                        lp = llm.engine.score(list(s.prompt_ids), s.num_prompt)
+                        lp = score(llm.engine, list(s.prompt_ids), s.num_prompt)
                         rows.append(dict(loss=-sum(lp) / len(lp)))
                 else:
                     outs = llm.generate([list(s.prompt_ids) for s in samples],

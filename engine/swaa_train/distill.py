@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from swaa_engine.evaluation import tasks as T
+from swaa_eval import tasks as T
 
 RETRIEVAL = ("passkey", "multikey")  # tasks whose answers a rule can judge
 
@@ -52,9 +52,9 @@ def distill(cfg: DistillConfig, hf_model, tokenizer, progress: bool = True) -> d
 
     from swaa_engine.config import SchedulerConfig
     from swaa_engine.engine import LLM
-    from swaa_engine.evaluation.texts import plays
     from swaa_engine.sampling_params import SamplingParams
     from swaa_engine.swaa import SWAAConfig
+    from swaa_eval.texts import plays
 
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     log = cfg.out + ".attempts"  # every attempted key, so rejected prompts are not retried on resume
@@ -94,7 +94,7 @@ def distill(cfg: DistillConfig, hf_model, tokenizer, progress: bool = True) -> d
 
 def read_examples(path: str):
     """The kept examples of a distilled JSONL file, in file order."""
-    from swaa_engine.training.packing import Example
+    from swaa_train.packing import Example
 
     out = []
     with open(path) as f:

@@ -1,4 +1,4 @@
-"""LoRA adapters at serving time: merged into the base weights once, at load (no per-token adapter cost)."""
+"""LoRA adapters at serving time (``--lora``): merged into the base weights once, at load (no per-token adapter cost)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from swaa_engine.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Beside a peft adapter (``swaa finetune``) or a merged model folder (``swaa merge``): the SWAA config it was trained under.
+SWAA_FILE = "swaa.json"
+
 
 def check_adapter(path: str) -> str:
     path = os.path.expanduser(path)
@@ -20,8 +23,6 @@ def check_adapter(path: str) -> str:
 
 def trained_swaa(path: str) -> dict | None:
     """The SWAA config the adapter was trained under (written by ``swaa finetune``), if recorded."""
-    from swaa_engine.training.finetune import SWAA_FILE
-
     f = os.path.join(path, SWAA_FILE)
     if not os.path.isfile(f):
         return None
@@ -51,24 +52,3 @@ def merge_adapter(hf_model, path: str, swaa=None):
     except (ValueError, RuntimeError, KeyError) as e:
         raise ConfigError("lora", f"{path} does not fit this model: {e}") from None
 
-
-def write_merged(hf_model, tokenizer, path: str, out: str) -> None:
-    """A Hugging Face model folder (safetensors) with the adapter merged in: servable without peft."""
-    from transformers import AutoModelForCausalLM
-
-    merged = merge_adapter(hf_model, path)
-    # A model loaded from GGUF counts as quantized and refuses save_pretrained, although its weights are plain
-    # dequantized tensors: rebuild a clean model from its config and copy them in.
-    config = merged.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    clean = AutoModelForCausalLM.from_config(config, dtype=next(merged.parameters()).dtype)
-    clean.load_state_dict(merged.state_dict())
-    os.makedirs(out, exist_ok=True)
-    clean.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    trained = trained_swaa(path)
-    if trained is not None:
-        with open(os.path.join(out, "swaa.json"), "w") as f:
-            json.dump(trained, f, indent=1)
