@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import os
 import random
 import threading
@@ -15,7 +16,7 @@ from typing import Iterable, Sequence as Seq, Union
 
 import torch
 
-from swaa_engine.attention.base import CacheGeometry, create_backend
+from swaa_engine.attention.windows import create_for_specs
 from swaa_engine.config import CacheConfig, ConfigError, EngineConfig
 from swaa_engine.cuda_graphs import DecodeGraphs
 from swaa_engine.detokenizer import IncrementalDetokenizer
@@ -27,13 +28,15 @@ from swaa_engine.kv_cache.swap import HostSwap
 from swaa_engine.model_runner import ModelRunner
 from swaa_engine.models.gguf import read_gguf
 from swaa_engine.models.loader import ModelNotFoundError, ModelSource, load_hf_config, load_model, load_tokenizer, resolve_source
-from swaa_engine.models.registry import dims_from_config
+from swaa_engine.models.registry import dims_from_config, model_layer_specs
 from swaa_engine.outputs import Completion, StreamChunk, Timings, TokenLogprob, Usage
 from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
 from swaa_engine.scheduler import Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
 from swaa_engine.swaa import CacheKind
+
+log = logging.getLogger(__name__)
 
 # The chat roles accepted (the proto's ChatMessage.role; the SDK checks the same list).
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -149,7 +152,8 @@ class LLMEngine:
             raise ConfigError("max_model_len", f"{self.max_model_len} exceeds the model's limit {self.dims.max_position_embeddings}")
         # A sequence never holds more than max_model_len tokens: rings are sized for that (one
         # definition, kv_cache.pools.ring_size), and the attention geometry below uses the same limit.
-        self.specs = config.swaa.layer_specs(self.dims.num_layers, max_len=self.max_model_len)
+        # The model's own sliding layers (Gemma 3, Mistral's sliding_window) are part of the specs, SWAA on top.
+        self.specs = model_layer_specs(config.swaa, hf_config, max_len=self.max_model_len)
 
         kv = KVShape(self.dims.num_kv_heads, self.dims.head_dim, torch.finfo(self.dtype).bits // 8)
         block_size = config.cache.block_size
@@ -165,14 +169,17 @@ class LLMEngine:
                                 seed=config.seed, hf_model=hf_model, lora=config.lora, swaa=config.swaa, state_dict=state_dict)
         del state_dict  # the model holds its own copy now
         caches = allocate_kv(self.specs, self.pool_plan, kv, block_size, self.dtype, self.device)
-        geometry = CacheGeometry(block_size, config.swaa.window, config.swaa.sinks, max_len=self.max_model_len)
-        self.backend = create_backend(
-            config.attention_backend, self.device, geometry=geometry, num_heads=self.dims.num_heads,
-            num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
+        # one backend per sliding window of the specs (a model's own window and SWAA's may differ)
+        self.backend = create_for_specs(
+            config.attention_backend, self.device, self.specs, block_size, self.max_model_len,
+            num_heads=self.dims.num_heads, num_kv_heads=self.dims.num_kv_heads, head_dim=self.dims.head_dim,
+            scale=getattr(self.model, "attention_scale", None),
         )
         self.runner = ModelRunner(self.model, self.specs, self.backend, caches, self.device, fa_tail=config.swaa.fa_tail)
         self.swapper = HostSwap(caches, self.specs, self.device)
-        if config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
+        if config.cuda_graphs and not getattr(self.backend, "supports_graphs", True):
+            log.info("CUDA graphs off: the layers slide by several windows (decode steps run eagerly)")
+        elif config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
             self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
         self._requests: dict[str, _Request] = {}
@@ -211,10 +218,10 @@ class LLMEngine:
                                        f"({plan.block_bytes} bytes per block of {cache.block_size}), fewer than "
                                        f"max_model_len={L}; {knob} or lower max_model_len")
         if cache.has_ring and cache.rings.total == 0:
-            R, (w, s) = cache.rings.slots_per_ring, (self.config.swaa.window, self.config.swaa.sinks)
-            n = sum(sp.cache_kind is CacheKind.RING for sp in self.specs)
-            raise ConfigError("cache", f"the cache budget of {budget} bytes holds no ring: a ring needs {R} slots "
-                                       f"(min(sinks {s} + window {w}, max_model_len {L})) in each of {n} ring layers, "
+            ring = [sp for sp in self.specs if sp.cache_kind is CacheKind.RING]
+            need = ", ".join(f"{sum(sp.window == w for sp in ring)} ring layers of {sp.ring_slots} slots (min(sinks "
+                             f"{sp.sinks} + window {w}, max_model_len {L}))" for w, sp in {sp.window: sp for sp in ring}.items())
+            raise ConfigError("cache", f"the cache budget of {budget} bytes holds no ring: a ring needs {need}, "
                                        f"{plan.ring_bytes} bytes, and each running sequence holds one; {knob} to at "
                                        f"least {plan.ring_bytes} bytes")
 

@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from swaa_engine.models.registry import model_layer_specs
 from swaa_engine.swaa import AttentionKind, SWAAConfig
 
 _STATE: contextvars.ContextVar = contextvars.ContextVar("swaa_reference_state")
@@ -63,7 +64,7 @@ class SWAAReference:
         _register()
         self.swaa = swaa
         self.model = hf_model.eval()
-        self.specs = swaa.layer_specs(hf_model.config.num_hidden_layers)
+        self.specs = model_layer_specs(swaa, hf_model.config)  # the model's own sliding layers included
 
     @torch.inference_mode()
     def logits(self, token_ids: list[int], num_prompt: int) -> torch.Tensor:

@@ -109,7 +109,8 @@ def parse_layer_pattern(value: str | Sequence[int] | None, num_layers: int, fiel
 class SWAAConfig:
     """The four SWAA knobs of one deployment.
 
-    ``window=None`` means full attention everywhere (the other knobs must then stay unset).
+    ``window=None`` leaves the model's full layers full; with no other knob set the model attends as trained
+    (sinks and fa_decode without a window apply to the sliding layers a model has of its own, if any).
     ``fa_decode`` is a bool (all sliding layers) or a layer pattern/list; ``fa_layers`` a layer
     pattern/list. Patterns are resolved against the model's layer count by :meth:`layer_specs`.
     """
@@ -136,13 +137,10 @@ class SWAAConfig:
             raise ConfigError("sinks", f"must be an integer, got {self.sinks!r}")
         if self.sinks < 0:
             raise ConfigError("sinks", f"must be >= 0, got {self.sinks}")
-        if self.window is None:
-            if self.sinks:
-                raise ConfigError("sinks", "set without a window (sinks only apply to sliding layers)")
-            if self.fa_decode not in (False, (), "", "none"):
-                raise ConfigError("fa_decode", "set without a window (it only applies to sliding layers)")
-            if self.fa_layers not in ((), "", "none"):
-                raise ConfigError("fa_layers", "set without a window (every layer is already full)")
+        # sinks and fa_decode without a window apply to the model's own sliding layers (Gemma 3, Mistral with a
+        # sliding_window): whether it has any is known only in layer_specs, which refuses them otherwise
+        if self.window is None and self.fa_layers not in ((), "", "none"):
+            raise ConfigError("fa_layers", "set without a window (every layer SWAA could slide is already full)")
         if isinstance(self.fa_tail, bool) or not isinstance(self.fa_tail, int) or self.fa_tail < 0:
             raise ConfigError("fa_tail", f"must be an integer >= 0, got {self.fa_tail!r}")
         if self.fa_tail and self.fa_decode in (False, (), "", "none"):
@@ -155,32 +153,55 @@ class SWAAConfig:
 
     @property
     def is_full(self) -> bool:
-        return self.window is None
+        """No knob set: every layer attends as the model was trained (full, or its own sliding window)."""
+        return self.window is None and not self.sinks and not _fa_decode_set(self.fa_decode)
 
-    def layer_specs(self, num_layers: int, max_len: int | None = None) -> tuple[LayerSpec, ...]:
-        """One spec per layer; ``max_len`` (tokens a sequence can reach) caps ring layers' rings."""
+    def layer_specs(self, num_layers: int, max_len: int | None = None,
+                    native: Sequence[int | None] | None = None) -> tuple[LayerSpec, ...]:
+        """One spec per layer; ``max_len`` (tokens a sequence can reach) caps ring layers' rings.
+
+        ``native``: the model's own sliding window per layer (None: a full layer; ``models.registry.native_windows``).
+        Its sliding layers keep their own window, as trained; ``window`` slides its full layers; ``sinks`` and
+        ``fa_decode`` apply to every sliding layer, its own included; ``fa_layers`` keeps some of its full layers full
+        (naming one of its sliding layers is refused: that would change the model, not adapt it).
+        """
         if num_layers <= 0:
             raise ConfigError("num_layers", f"must be > 0, got {num_layers}")
-        if self.window is None:
-            return tuple(LayerSpec(i, AttentionKind.FULL, None, 0) for i in range(num_layers))
+        native = _check_native(native, num_layers)
+        own = {i: w for i, w in enumerate(native) if w is not None}
+        if self.window is None and not own:
+            if self.sinks:
+                raise ConfigError("sinks", "set without a window, and the model has no sliding layers of its own "
+                                               "(sinks only apply to sliding layers)")
+            if _fa_decode_set(self.fa_decode):
+                raise ConfigError("fa_decode", "set without a window, and the model has no sliding layers of its "
+                                                   "own (it only applies to sliding layers)")
+        if self.window is not None and len(own) == num_layers:
+            raise ConfigError("window", f"the model's layers all slide by their own window ({sorted(set(own.values()))}): "
+                                            "there is no full layer for a window to apply to; leave it unset "
+                                            "(sinks and fa_decode apply to the model's own sliding layers)")
         full = parse_layer_pattern(self.fa_layers, num_layers, "fa_layers")
+        if full & own.keys():
+            raise ConfigError("fa_layers", f"layers {sorted(full & own.keys())} slide by the model's own window; "
+                                               f"fa_layers can keep only its full layers {sorted(set(range(num_layers)) - own.keys())} full")
         if isinstance(self.fa_decode, bool):
             fad = frozenset(range(num_layers)) if self.fa_decode else frozenset()
         else:
             fad = parse_layer_pattern(self.fa_decode, num_layers, "fa_decode")
         specs = []
         for i in range(num_layers):
-            if i in full:
+            window = own.get(i, self.window)
+            if window is None or i in full:
                 specs.append(LayerSpec(i, AttentionKind.FULL, None, 0))
             elif i in fad:
-                specs.append(LayerSpec(i, AttentionKind.SLIDING_FA_DECODE, self.window, self.sinks))
+                specs.append(LayerSpec(i, AttentionKind.SLIDING_FA_DECODE, window, self.sinks))
             else:
-                specs.append(LayerSpec(i, AttentionKind.SLIDING_RING, self.window, self.sinks, max_len))
+                specs.append(LayerSpec(i, AttentionKind.SLIDING_RING, window, self.sinks, max_len))
         return tuple(specs)
 
     def describe(self) -> str:
-        if self.window is None:
-            return "full attention"
+        if self.is_full:
+            return "full attention"  # (the model's own sliding layers, if it has any, keep their window)
         parts = [f"window={self.window}", f"sinks={self.sinks}"]
         if self.fa_decode not in (False, (), ""):
             parts.append(f"fa_decode={self.fa_decode}")
@@ -201,6 +222,22 @@ class SWAAConfig:
     def to_dict(self) -> dict:
         return {"window": self.window, "sinks": self.sinks, "fa_decode": self.fa_decode, "fa_layers": self.fa_layers,
                 "fa_tail": self.fa_tail}
+
+
+def _fa_decode_set(value) -> bool:
+    return value not in (False, (), "", "none")
+
+
+def _check_native(native: Sequence[int | None] | None, num_layers: int) -> tuple[int | None, ...]:
+    if native is None:
+        return (None,) * num_layers
+    native = tuple(native)
+    if len(native) != num_layers:
+        raise ConfigError("native", f"{len(native)} native windows for {num_layers} layers")
+    for w in native:
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
+            raise ConfigError("native", f"a native window must be an integer > 0 or None, got {w!r}")
+    return native
 
 
 def sliding_visible(q_pos: int, k_pos: int, window: int, sinks: int) -> bool:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from swaa_engine.models.adapters import SWAA_FILE
+from swaa_engine.models.registry import model_layer_specs
 from swaa_train.attention import answer_logits, default_kernel, swaa_masks
 from swaa_train.config import TrainConfig
 from swaa_train.distill import read_examples
@@ -71,7 +72,7 @@ def finetune(cfg: TrainConfig, hf_model, progress: bool = True) -> dict:
     kernel = default_kernel(device) if cfg.kernel == "auto" else cfg.kernel
     examples = read_examples(cfg.data)[: cfg.limit]
     plan = _plan(cfg, examples)
-    specs = cfg.swaa.layer_specs(hf_model.config.num_hidden_layers)
+    specs = model_layer_specs(cfg.swaa, hf_model.config)  # the model's own sliding layers keep their window
 
     model = get_peft_model(hf_model, lora_config(cfg))
     if cfg.gradient_checkpointing:

@@ -10,14 +10,16 @@ def add_swaa_args(p: argparse.ArgumentParser) -> None:
     from swaa_engine.swaa import SWAAConfig
 
     g = p.add_argument_group("SWAA (omit --window for the embedded model's default; --full-attention for none)")
-    g.add_argument("--window", type=int, help="sliding window W: a query sees itself and W-1 earlier tokens")
+    g.add_argument("--window", type=int, help="sliding window W: a query sees itself and W-1 earlier tokens (a model with "
+                                              "sliding layers of its own keeps their window: W slides its full layers)")
     g.add_argument("--sinks", type=int, default=None, help="first k tokens stay visible to every sliding-layer query")
     g.add_argument("--fa-decode", nargs="?", const="all", default=None, metavar="LAYERS",
                    help="generated tokens attend to everything (all sliding layers, or a layer list/pattern)")
     g.add_argument("--fa-layers", default=None, metavar="LAYERS", help="full-attention layers: 1,3,5 | odd | even | every:N[:offset]")
     g.add_argument("--fa-tail", type=int, default=default(SWAAConfig, "fa_tail"), metavar="T",
                    help="experimental: the last T prompt tokens attend to everything in fa_decode layers (needs --fa-decode)")
-    g.add_argument("--full-attention", action="store_true", help="no sliding window at all")
+    g.add_argument("--full-attention", action="store_true",
+                   help="no SWAA (a model's own sliding layers, if any, keep their window)")
 
 
 def swaa_from_args(args, model_given: bool):
@@ -28,7 +30,9 @@ def swaa_from_args(args, model_given: bool):
         return SWAAConfig()
     if args.window is None:
         if args.sinks is not None or args.fa_decode is not None or args.fa_layers is not None:
-            return SWAAConfig(sinks=args.sinks or 0, fa_decode=args.fa_decode or False, fa_layers=args.fa_layers or ())  # raises: needs window
+            # without a window these apply to the model's own sliding layers (refused at load if it has none)
+            fa_decode = {None: False, "all": True}.get(args.fa_decode, args.fa_decode)
+            return SWAAConfig(sinks=args.sinks or 0, fa_decode=fa_decode, fa_layers=args.fa_layers or (), fa_tail=args.fa_tail)
         return SWAAConfig() if model_given else EMBEDDED_SWAA
     fa_decode = {None: False, "all": True}.get(args.fa_decode, args.fa_decode)
     return SWAAConfig(window=args.window, sinks=args.sinks or 0, fa_decode=fa_decode, fa_layers=args.fa_layers or (),

@@ -358,10 +358,11 @@ def _check_config(cfg: EngineConfig) -> None:
     """Refuse what every replica would fail on (model not found, unsupported architecture, no adapter) here, with a
     clear error: a replica that cannot start would otherwise be restarted by Ray forever."""
     from swaa_engine.models.loader import load_hf_config, resolve_source
-    from swaa_engine.models.registry import dims_from_config
+    from swaa_engine.models.registry import dims_from_config, model_layer_specs
 
-    dims = dims_from_config(load_hf_config(resolve_source(cfg.model)))
-    cfg.swaa.layer_specs(dims.num_layers)
+    hf_config = load_hf_config(resolve_source(cfg.model))
+    dims_from_config(hf_config)
+    model_layer_specs(cfg.swaa, hf_config)
     if cfg.lora:
         from swaa_engine.models.adapters import check_adapter
 

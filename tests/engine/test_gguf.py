@@ -43,3 +43,40 @@ def test_engine_reads_the_file_once(monkeypatch):
     engine = LLMEngine(EngineConfig(cache=CacheConfig(budget_bytes=64 << 20), max_model_len=1024))
     assert parses == []
     assert engine.tokenizer.decode(engine.tokenizer.encode("Paris")) == "Paris"
+
+
+def test_block_types_transformers_cannot_read_go_through_gguf_py(tmp_path):
+    """Gemma 3 270M's Q4_K_M file holds Q5_0 blocks, which transformers' one-pass reader refuses: the fallback
+    table (offsets after the aligned metadata) and gguf-py's dequantization give each tensor back, beside
+    tensors of the types transformers does read."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    from gguf.quants import dequantize, quantize
+    from transformers.integrations.gguf.reader import GgufHeader
+
+    from swaa_engine.models.gguf import _raw_reader_any_type
+
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": (rng.standard_normal((6, 64)).astype(np.float32), Q.Q5_0),
+               "b.weight": (rng.standard_normal((3, 64)).astype(np.float32), Q.Q8_0),
+               "c.weight": (rng.standard_normal((5,)).astype(np.float32), Q.F32),
+               "d.weight": (rng.standard_normal((2, 32)).astype(np.float32), Q.Q5_0)}
+    path = str(tmp_path / "mixed.gguf")
+    w = GGUFWriter(path, "gemma3")
+    w.add_string("general.name", "x" * 37)  # an odd length: the tensor data starts after alignment padding
+    for name, (x, t) in tensors.items():
+        data = x if t is Q.F32 else quantize(x, t)
+        w.add_tensor(name, data, raw_shape=x.shape if t is Q.F32 else None, raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="not supported"):
+        GgufHeader.from_file(path)
+    arch, read = _raw_reader_any_type(path)
+    assert arch == "gemma3" and set(read) == set(tensors)
+    for name, (x, t) in tensors.items():
+        want = x if t is Q.F32 else dequantize(quantize(x, t), t)
+        got = read[name]()
+        assert got.dtype == torch.float32 and tuple(got.shape) == x.shape
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want, dtype=np.float32)).reshape(x.shape)), name

@@ -114,12 +114,14 @@ class AttentionBackend(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, geometry: CacheGeometry, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device):
+    def __init__(self, geometry: CacheGeometry, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
+                 scale: float | None = None):
+        """``scale``: of the attention scores, head_dim ** -0.5 unless the model says otherwise (Gemma 3)."""
         self.geometry = geometry
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.scale = head_dim**-0.5
+        self.scale = head_dim**-0.5 if scale is None else scale
         self.device = device
         self.decode_kernel = DecodeKernel(num_heads, head_dim, device)
 

@@ -84,10 +84,11 @@ class CacheManager:
         self.specs = specs
         self.has_paged = any(s.cache_kind is CacheKind.PAGED for s in specs)
         self.has_ring = any(s.cache_kind is CacheKind.RING for s in specs)
+        # one ring id per sequence indexes every ring layer's cache; layers sliding by different windows (a
+        # model's own and SWAA's) have rows of their own sizes: the pool reports the largest
         ring_slots = {s.ring_slots for s in specs if s.cache_kind is CacheKind.RING}
-        assert len(ring_slots) <= 1, "all ring layers share one window and sink count"
         self.blocks = BlockPool(num_blocks if self.has_paged else 0, block_size)
-        self.rings = RingPool(num_rings if self.has_ring else 0, ring_slots.pop() if ring_slots else 0)
+        self.rings = RingPool(num_rings if self.has_ring else 0, max(ring_slots, default=0))
         self.swap = swap or SwapSpace(0, 0, 0)
 
     @property

@@ -20,7 +20,15 @@ class HostSwap:
         self.caches = caches
         self.device = device
         self.layers = {kind: [i for i, s in enumerate(specs) if s.cache_kind is kind] for kind in CacheKind}
-        self._host: dict[str, dict[CacheKind, torch.Tensor]] = {}
+        # host copies are stacked per group of layers whose cache rows have one shape (ring layers of different
+        # windows have rings of different sizes)
+        self.groups: dict[CacheKind, list[list[int]]] = {}
+        for kind, layers in self.layers.items():
+            by_shape: dict[tuple, list[int]] = {}
+            for i in layers:
+                by_shape.setdefault(tuple(caches[i][0].shape[1:]), []).append(i)
+            self.groups[kind] = list(by_shape.values())
+        self._host: dict[str, dict[CacheKind, list[torch.Tensor]]] = {}
 
     def __len__(self) -> int:
         return len(self._host)
@@ -32,26 +40,27 @@ class HostSwap:
     def swap_out(self, op: SwapOp) -> None:
         saved = {}
         for kind, ids in self._slots(op).items():
-            layers = self.layers[kind]
             idx = torch.tensor(ids, dtype=torch.long, device=self.device)
-            ref = self.caches[layers[0]][0]
-            host = torch.empty((len(layers), 2, len(ids), *ref.shape[1:]), dtype=ref.dtype,
-                               pin_memory=self.device.type == "cuda")
-            for j, layer in enumerate(layers):
-                for kv in (0, 1):
-                    host[j, kv].copy_(self.caches[layer][kv].index_select(0, idx), non_blocking=True)
-            saved[kind] = host
+            saved[kind] = []
+            for layers in self.groups[kind]:
+                ref = self.caches[layers[0]][0]
+                host = torch.empty((len(layers), 2, len(ids), *ref.shape[1:]), dtype=ref.dtype,
+                                   pin_memory=self.device.type == "cuda")
+                for j, layer in enumerate(layers):
+                    for kv in (0, 1):
+                        host[j, kv].copy_(self.caches[layer][kv].index_select(0, idx), non_blocking=True)
+                saved[kind].append(host)
         self._host[op.request_id] = saved
 
     def swap_in(self, op: SwapOp) -> None:
         saved = self._host.pop(op.request_id)
         for kind, ids in self._slots(op).items():
-            host = saved[kind]
-            assert host.shape[2] == len(ids), "a sequence comes back into as many slots as it left"
             idx = torch.tensor(ids, dtype=torch.long, device=self.device)
-            for j, layer in enumerate(self.layers[kind]):
-                for kv in (0, 1):
-                    self.caches[layer][kv].index_copy_(0, idx, host[j, kv].to(self.device, non_blocking=True))
+            for layers, host in zip(self.groups[kind], saved[kind]):
+                assert host.shape[2] == len(ids), "a sequence comes back into as many slots as it left"
+                for j, layer in enumerate(layers):
+                    for kv in (0, 1):
+                        self.caches[layer][kv].index_copy_(0, idx, host[j, kv].to(self.device, non_blocking=True))
 
     def drop(self, request_id: str) -> None:
         """Forget a finished or aborted request's host copy (if it had one)."""

@@ -47,6 +47,8 @@ def _config_dict(metadata: dict, tensor_names: tuple[str, ...], vocab: int) -> d
             value = value.replace(arch, updated)
         config[target] = value
     config.setdefault("vocab_size", vocab)
+    if config.get("model_type") == "gemma3":  # the file holds the text model only, as load_gguf_checkpoint says
+        config["model_type"] = "gemma3_text"
     return config
 
 
@@ -72,18 +74,20 @@ def read_gguf(folder: str, gguf_file: str) -> GGUFCheckpoint:
 
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
     from transformers import AutoConfig
-    from transformers.integrations.gguf.dequant import GGML_BLOCK, dequantize
-    from transformers.integrations.gguf.reader import GgufHeader, load_gguf_state_dict, read_gguf_metadata
+    from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     path = os.path.join(folder, gguf_file)
     # the metadata (string arrays left as counts) and the tensor table; the tensor data stays mapped, unread
-    header = GgufHeader.from_file(path)
+    try:
+        header = GgufHeader.from_file(path)
+        arch, raw = header.architecture, _raw_reader(header)
+    except ValueError:  # a block type transformers' reader refuses (Q5_0, in Gemma 3 270M's Q4_K_M file)
+        arch, raw = _raw_reader_any_type(path)
     metadata, names = read_gguf_metadata(path)
     cfg_dict = _config_dict(metadata, names, metadata.get("tokenizer.ggml.tokens", 0))
     config = AutoConfig.for_model(**cfg_dict)
 
-    arch = header.architecture
     arch_enum = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch)
     name_map = get_tensor_name_map(arch_enum, config.num_hidden_layers)
     to_hf = {}
@@ -94,18 +98,69 @@ def read_gguf(folder: str, gguf_file: str) -> GGUFCheckpoint:
             to_hf[f"{gguf_name}.{suffix}"] = hf
     # llama.cpp permutes llama's q/k rows for its rotary layout; transformers' processor undoes it
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=cfg_dict)
-    infos = {i.name: i for i in header.tensors}
-    lazy = load_gguf_state_dict(header)
 
     def read(name: str) -> torch.Tensor:
-        raw, info = lazy[name][...], infos[name]
-        w = dequantize(raw.reshape(-1), info.ggml_type) if info.ggml_type in GGML_BLOCK else raw.float()
-        w = processor.process(weights=w.reshape(info.shape).numpy(), name=name).weights
+        w = processor.process(weights=raw[name]().numpy(), name=name).weights
         return torch.from_numpy(w.copy())  # the permutation may leave a view
 
     # tensors the engine does not use (rope_freqs: it computes its own rotary tables) are never read
-    hf_to_gguf = {hf: g for g, hf in to_hf.items() if g in lazy}
+    hf_to_gguf = {hf: g for g, hf in to_hf.items() if g in raw}
     return GGUFCheckpoint(config, _tokenizer(folder, gguf_file), LazyStateDict(hf_to_gguf, read))
+
+
+def _raw_reader(header) -> dict:
+    """GGUF name → a function reading that tensor as float32 in its torch shape (transformers' kernels)."""
+    from transformers.integrations.gguf.dequant import GGML_BLOCK, dequantize
+    from transformers.integrations.gguf.reader import load_gguf_state_dict
+
+    lazy = load_gguf_state_dict(header)
+
+    def reader(info):
+        def read() -> torch.Tensor:
+            raw = lazy[info.name][...]
+            w = dequantize(raw.reshape(-1), info.ggml_type) if info.ggml_type in GGML_BLOCK else raw.float()
+            return w.reshape(info.shape)
+        return read
+
+    return {i.name: reader(i) for i in header.tensors}
+
+
+def _raw_reader_any_type(path: str) -> tuple[str, dict]:
+    """(architecture, ``_raw_reader``'s map) for a file holding block types transformers cannot dequantize:
+    the same tensor table (its parser), sizes and dequantization from gguf-py (numpy; slower, only for those
+    types). gguf-py's own ``GGUFReader`` would take ~30 s on Gemma 3's 262k-entry vocabulary."""
+    from math import prod
+
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+    from transformers.integrations.gguf import reader as hf_reader
+    from transformers.integrations.gguf.dequant import GGML_BLOCK, dequantize
+
+    blob = hf_reader._mapped(path)
+    metadata, count, pos = hf_reader._read_metadata(blob, path)
+    entries, pos = hf_reader._read_tensor_table(blob, count, pos)
+    alignment = metadata.get("general.alignment", 32)
+    start = (pos + alignment - 1) // alignment * alignment
+    floats = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
+
+    def reader(shape, ggml_type, data):
+        def read() -> torch.Tensor:
+            if ggml_type in floats:
+                return torch.from_numpy(np.copy(data)).view(floats[ggml_type]).float().reshape(shape)
+            if ggml_type in GGML_BLOCK:
+                return dequantize(torch.from_numpy(np.copy(data)), ggml_type).reshape(shape)
+            rows = data.reshape(-1, len(data) // (prod(shape) // shape[-1]))
+            w = gguf_dequantize(rows, GGMLQuantizationType(ggml_type))
+            return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).reshape(shape)
+        return read
+
+    out = {}
+    for name, shape, ggml_type, offset in entries:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        nbytes = prod(shape) // block * block_bytes
+        out[name] = reader(shape, ggml_type, blob[start + offset : start + offset + nbytes])
+    return metadata["general.architecture"], out
 
 
 class LazyStateDict(Mapping):

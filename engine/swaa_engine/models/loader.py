@@ -99,6 +99,10 @@ def rope_tables(cfg, head_dim: int) -> tuple[torch.Tensor, float]:
 def build_model(cfg, dtype: torch.dtype, device: torch.device) -> LlamaFamilyModel:
     """An uninitialised model on ``device`` (built on the meta device, so no time goes into init)."""
     dims = dims_from_config(cfg)
+    if dims.architecture == "gemma3":
+        from swaa_engine.models import gemma3
+
+        return gemma3.build(cfg, dims, dtype, device)
     inv_freq, scaling = rope_tables(cfg, dims.head_dim)
     rotary = Rotary(inv_freq, scaling, dims.max_position_embeddings)
     with torch.device("meta"):
@@ -115,7 +119,7 @@ def init_random(model: LlamaFamilyModel, std: float, seed: int) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.fill_(1.0)
+                p.fill_(0.0 if model.dims.architecture == "gemma3" else 1.0)  # Gemma's norms scale by 1 + weight
             elif name.endswith(".bias"):
                 p.zero_()
             else:
