@@ -16,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from swaa_engine.models.llama import AttentionContext, ModelDims, Rotary, rotate_half
+from swaa_engine.models.dims import ModelDims
+from swaa_engine.models.llama import AttentionContext, Rotary
+from swaa_engine.models.pointwise import rotate_half
 from swaa_engine.models.registry import UnsupportedModelError
 
 SLIDING, FULL = "sliding_attention", "full_attention"

@@ -48,6 +48,10 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, 1, D]`` cos and sin at ``positions``, in the activation dtype (the eager RoPE's inputs)."""
+        return self.cos[positions].to(dtype)[:, None, :], self.sin[positions].to(dtype)[:, None, :]
+
 
 class Attention(nn.Module):
     def __init__(self, dims: ModelDims, layer: int):
