@@ -242,9 +242,13 @@ class Scheduler:
         used = 0
         reserve = sum(self._decode_reserve(s) for s in self.running)
         cap = int(MAX_RESERVE_SHARE * self.cache.blocks.total)
+        deferred = []
         while self.waiting and budget - used > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             m = self.cache.lookup(seq)
+            if self._prefix_in_flight(seq, m):
+                deferred.append(self.waiting.popleft())  # waits for the running prefill that computes its prefix
+                continue
             if only_short and seq.num_uncomputed - m.length > budget - used:
                 break
             if m.length:
@@ -276,7 +280,26 @@ class Scheduler:
             self._take(out, scheduled, seq, n)
             used += n
             reserve += own
+        self.waiting.extendleft(reversed(deferred))
         return used
+
+    def _prefix_in_flight(self, seq: Sequence, m) -> bool:
+        """A running sequence is prefilling more of ``seq``'s prefix than the cache holds now: admitting ``seq`` would
+        compute it twice (requests racing on one new system prompt), so it waits until that prefix is cached."""
+        if self.cache.prefix is None or seq.num_computed or seq.swapped is not None:
+            return False
+        bs = self.cache.block_size
+        limit = min(self.cache.reusable_end(seq), seq.num_tokens - 1)
+        for r in self.running:
+            end = min(self.cache.reusable_end(r), limit) // bs * bs
+            if r.prefix.registered >= end or end <= m.length:
+                continue
+            shared = 0
+            while shared < end and seq.token_ids[shared:shared + bs] == r.token_ids[shared:shared + bs]:
+                shared += bs
+            if shared > max(m.length, r.prefix.registered):
+                return True
+        return False
 
     def _plan_prefix(self, seq: Sequence, m) -> None:
         """Count the lookup (first admission only) and plan the ring snapshots this sequence will leave: where it

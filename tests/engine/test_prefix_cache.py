@@ -119,6 +119,23 @@ def test_shared_blocks_survive_an_abort_and_accounting_is_exact():
     assert mgr.prefix.stats.hit_tokens == 64 and mgr.prefix.stats.queried_tokens == 34 + 33 + 35
 
 
+def test_requests_racing_on_a_new_prefix_compute_it_once():
+    specs = SWAAConfig().layer_specs(2)
+    mgr = CacheManager(specs, BS, 40, 0, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=16, decode_reserve_tokens=0), mgr)
+    system = list(range(40))
+    seqs = [seq(system + [100 + i] * 3, f"r{i}") for i in range(4)]
+    unrelated = seq(list(range(200, 230)), "u")
+    for s in seqs + [unrelated]:
+        sched.add(s)
+    out = sched.schedule()
+    assert {c.seq.request_id for c in out.chunks} == {"r0"}  # the step's budget goes to r0
+    sched.advance(out)
+    run_to_end(sched, mgr, seqs + [unrelated])
+    assert [s.prefix.cached_tokens for s in seqs] == [0, 40, 40, 40] and unrelated.prefix.cached_tokens == 0
+    assert sched.stats.preemptions == 0 and mgr.is_idle()
+
+
 # -- exactness through the engine --------------------------------------------------------------------
 CONFIGS = dict(canonical_configs(window=16, sinks=4))
 CONFIGS["swa+sinks+fa_decode+tail"] = SWAAConfig(window=16, sinks=4, fa_decode=True, fa_tail=6)
