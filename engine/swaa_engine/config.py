@@ -39,6 +39,9 @@ class CacheConfig:
     ``swap_bytes``: host memory that preempted sequences' KV moves to instead of being recomputed; ``None``
     sizes it like the device budget, at most half the available RAM (on CPU host and device are one tier, so
     a swap is a plain copy); 0 turns swapping off (preemption then recomputes).
+
+    ``prefix_caching``: keep computed prompt KV for later requests that start with the same tokens (shared
+    blocks, ring snapshots; ``kv_cache.prefix``); cached blocks are evicted before any request is preempted.
     """
 
     block_size: int = 16
@@ -47,6 +50,7 @@ class CacheConfig:
     cpu_cap_bytes: int | None = 512 << 20  # None: no cap beyond budget_fraction. 512 MiB: 11k tokens of the embedded
     # model with full KV in all 30 layers (a full 8k context and more); `make serve` then peaks at ~1.9 GB RSS
     swap_bytes: int | None = None
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         _require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")

@@ -161,7 +161,8 @@ class LLMEngine:
         budget, rings = self._budget(config.cache, kv)
         self.pool_plan = plan_pools(self.specs, kv, block_size, budget, rings)
         swap = SwapSpace(self._swap_budget(config.cache), self.pool_plan.block_bytes, self.pool_plan.ring_bytes)
-        self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings, swap)
+        self.cache = CacheManager(self.specs, block_size, self.pool_plan.num_blocks, self.pool_plan.num_rings, swap,
+                                  prefix_caching=config.cache.prefix_caching, fa_tail=config.swaa.fa_tail)
         self._check_plan(budget)
         self.scheduler = Scheduler(sched, self.cache)
 
@@ -235,6 +236,8 @@ class LLMEngine:
         free = free_memory_bytes(self.device) if cc.budget_bytes is None else 0
         size, self.cache_budget_reason = cc.resolve_budget(need, free, self.device.type == "cpu")
         rings = self.config.scheduler.max_num_seqs
+        if cc.prefix_caching and unit.ring_bytes and unit.block_bytes:
+            rings += min(16, rings)  # room for prefix-cache ring snapshots beside one ring per running sequence
         if unit.ring_bytes and unit.block_bytes and size < need:
             # rings are planned first (one per running sequence): below what max_num_seqs need, keep one
             # full-length sequence's blocks out of their share, or a capped budget could hold no long prompt at all
@@ -373,6 +376,8 @@ class LLMEngine:
             for op in out.swap_out:
                 if op.request_id in self._requests:  # a preemption asked for between steps may have been aborted since
                     self.swapper.swap_out(op)
+            if out.ring_copies:  # prefix-cache ring snapshots taken and restored
+                self.swapper.copy_rings(out.ring_copies)
             for op in out.swap_in:
                 self.swapper.swap_in(op)
             chunks = self.runner.order(out.chunks)
@@ -445,7 +450,7 @@ class LLMEngine:
         chunk.text += req.detok.finish() if req.detok else ""
         chunk.finished = True
         chunk.finish_reason = seq.finish_reason
-        chunk.usage = Usage(seq.num_prompt, seq.num_generated)
+        chunk.usage = Usage(seq.num_prompt, seq.num_generated, cached_tokens=seq.prefix.cached_tokens)
         chunk.timings = Timings(
             queue_s=((req.scheduled_at or now) - req.arrival),
             ttft_s=(req.first_token_at - req.arrival) if req.first_token_at else None,

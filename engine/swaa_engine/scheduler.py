@@ -14,6 +14,11 @@ Under memory pressure no computed work is thrown away if it can be kept:
 - Preempted sequences return to the head of the queue and are readmitted first; a swapped one gets its
   KV copied back into new slots before its next chunk.
 
+With prefix caching, a request starts from the longest prefix of its tokens the cache holds (``kv_cache.prefix``):
+those blocks are shared, a ring snapshot is copied into its ring, and its chunks stop at the block boundaries
+where a snapshot of its own ring is due (the end of its prompt's last full block, and where it left the known
+prefix), copied at the start of the next step.
+
 Short requests are not held behind long prompts: while running sequences prefill, every other step
 admits waiting requests whose whole prompt fits the step first, and the running prefills then get at
 most as many tokens as the newcomers (so that step costs about twice the newcomers' own prefill).
@@ -33,6 +38,10 @@ from swaa_engine.sequence import FinishReason, Sequence, SeqStatus, is_decode
 # The decode reserve is a soft hold: it never keeps more than this share of the blocks free, so that in a
 # cache small against max_tokens admission still fills the cache (decodes that outgrow it then preempt).
 MAX_RESERVE_SHARE = 0.1
+
+
+# Ring snapshots one request leaves along its prompt (each a ring's copy; evicted LRU when rings run short).
+MAX_SNAPSHOTS = 16
 
 
 class QueueFullError(RuntimeError):
@@ -67,6 +76,9 @@ class SchedulerOutput:
     preempted: list[Sequence] = field(default_factory=list)  # KV dropped: recomputed from token 0
     swap_out: list[SwapOp] = field(default_factory=list)  # copy to host before this step's kernels
     swap_in: list[SwapOp] = field(default_factory=list)  # copy back after the swap-outs, before the kernels
+    # (source ring, destination ring) copies, in order, after the swap-outs and before the swap-ins: snapshots
+    # of a sequence's ring taken, and snapshots restored into a new sequence's ring
+    ring_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -161,6 +173,7 @@ class Scheduler:
         out, self._pending = self._pending, SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         scheduled: set[int] = set()
+        self._take_snapshots(out)
 
         # Decodes first: one token each, latency-bound.
         for seq in list(self.running):
@@ -182,6 +195,24 @@ class Scheduler:
         self._yielded = yield_now
         return out
 
+    def _take_snapshots(self, out: SchedulerOutput) -> None:
+        """Rings of sequences whose last chunk ended at a due snapshot boundary: copied before this step writes them."""
+        for seq in self.running:
+            st = seq.prefix
+            if st.snapshot_at is None or seq.num_computed < st.snapshot_at:
+                continue
+            if seq.num_computed == st.snapshot_at == st.registered:
+                ring = self.cache.new_snapshot(seq)
+                if ring is not None:
+                    out.ring_copies.append((seq.ring, ring))
+            st.snapshot_at = st.snapshot_points.pop(0) if st.snapshot_points else None
+
+    @staticmethod
+    def _cap(seq: Sequence, n: int) -> int:
+        """A chunk stops at the sequence's next snapshot boundary."""
+        at = seq.prefix.snapshot_at
+        return min(n, at - seq.num_computed) if at is not None and at > seq.num_computed else n
+
     def _take(self, out: SchedulerOutput, scheduled: set[int], seq: Sequence, n: int) -> None:
         out.chunks.append(Chunk(seq, seq.num_computed, n))
         scheduled.add(id(seq))
@@ -195,7 +226,7 @@ class Scheduler:
                 break
             if seq.status is not SeqStatus.RUNNING or id(seq) in scheduled:
                 continue
-            n = min(seq.num_uncomputed, budget - used)
+            n = self._cap(seq, min(seq.num_uncomputed, budget - used))
             if self._reserve(seq, n, scheduled, out):
                 self._take(out, scheduled, seq, n)
                 used += n
@@ -210,27 +241,85 @@ class Scheduler:
         used = 0
         reserve = sum(self._decode_reserve(s) for s in self.running)
         cap = int(MAX_RESERVE_SHARE * self.cache.blocks.total)
+        deferred = []
         while self.waiting and budget - used > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            if only_short and seq.num_uncomputed > budget - used:
+            m = self.cache.lookup(seq)
+            if self._prefix_in_flight(seq, m):
+                deferred.append(self.waiting.popleft())  # waits for the running prefill that computes its prefix
+                continue
+            if only_short and seq.num_uncomputed - m.length > budget - used:
                 break
-            need = self.cache.blocks_needed(seq, seq.num_uncomputed)
-            own = self._decode_reserve(seq, allocated=len(seq.block_table) + need)
-            if self.running and need + min(own + reserve, cap) > self.cache.blocks.num_free:
+            if m.length:
+                need = self.cache.blocks_to_take(seq, m)
+                own = self._decode_reserve(seq, allocated=self.cache.blocks_for(seq.num_tokens))
+                fits = need <= self.cache.num_free_blocks and (
+                    not self.cache.has_ring or self.cache.num_free_rings > (m.snapshot is not None))
+            else:
+                need = self.cache.blocks_needed(seq, seq.num_uncomputed)
+                own = self._decode_reserve(seq, allocated=len(seq.block_table) + need)
+                fits = self.cache.can_allocate(seq, seq.num_uncomputed)
+            if self.running and need + min(own + reserve, cap) > self.cache.num_free_blocks:
                 break
-            if not self.cache.can_allocate(seq, seq.num_uncomputed):
+            if not fits:
                 break
             self.waiting.popleft()
-            self.cache.allocate(seq, seq.num_uncomputed)  # the whole prompt: later chunks never wait for blocks
+            self._plan_prefix(seq, m)
+            if m.length:
+                self.cache.take(seq, m)
+            # the whole prompt: later chunks never wait for blocks
+            self.cache.allocate(seq, seq.num_uncomputed, keep_snapshot=m.snapshot)
+            if m.snapshot is not None:
+                out.ring_copies.append((m.snapshot, seq.ring))
             if seq.swapped is not None:
                 out.swap_in.append(self.cache.swap_in(seq))
             seq.status = SeqStatus.RUNNING
             bisect.insort(self.running, seq, key=lambda s: s.order)
-            n = min(seq.num_uncomputed, budget - used)
+            n = self._cap(seq, min(seq.num_uncomputed, budget - used))
             self._take(out, scheduled, seq, n)
             used += n
             reserve += own
+        self.waiting.extendleft(reversed(deferred))
         return used
+
+    def _prefix_in_flight(self, seq: Sequence, m) -> bool:
+        """A running sequence is prefilling more of ``seq``'s prefix than the cache holds now: admitting ``seq`` would
+        compute it twice (requests racing on one new system prompt), so it waits until that prefix is cached."""
+        if self.cache.prefix is None or seq.num_computed or seq.swapped is not None:
+            return False
+        bs = self.cache.block_size
+        limit = min(self.cache.reusable_end(seq), seq.num_tokens - 1)
+        for r in self.running:
+            end = min(self.cache.reusable_end(r), limit) // bs * bs
+            if r.prefix.registered >= end or end <= m.length:
+                continue
+            shared = 0
+            while shared < end and seq.token_ids[shared:shared + bs] == r.token_ids[shared:shared + bs]:
+                shared += bs
+            if shared > max(m.length, r.prefix.registered):
+                return True
+        return False
+
+    def _plan_prefix(self, seq: Sequence, m) -> None:
+        """Count the lookup (first admission only) and plan the ring snapshots this sequence will leave: where it
+        leaves the prefix the index knows, and at its prompt's last full block."""
+        pc = self.cache.prefix
+        if pc is None or seq.num_computed or seq.swapped is not None:
+            return
+        if seq.num_preemptions == 0:
+            pc.stats.queried_tokens += seq.num_prompt
+            pc.stats.hit_tokens += m.length
+            seq.prefix.cached_tokens = m.length
+        if not self.cache.has_ring:
+            return
+        bs = self.cache.block_size
+        last = (min(self.cache.reusable_end(seq), seq.num_tokens - 1) // bs) * bs
+        # also one every ring's worth of tokens (at most MAX_SNAPSHOTS), so that requests branching off this
+        # one's prompt later, or racing it now, resume close to where they leave it
+        stride = max(-(-self.cache.rings.slots_per_ring // bs) * bs, -(-last // (MAX_SNAPSHOTS * bs)) * bs, bs)
+        points = sorted({p for p in (m.known, last, *range(stride, last, stride)) if m.length < p <= last})
+        seq.prefix.snapshot_at = points[0] if points else None
+        seq.prefix.snapshot_points = points[1:]
 
     def _decode_reserve(self, seq: Sequence, allocated: int | None = None) -> int:
         """Blocks ``seq`` may still need for its next ``decode_reserve_tokens`` generated tokens."""
@@ -262,6 +351,7 @@ class Scheduler:
             st.recomputed += 1
             st.recomputed_tokens += seq.num_computed
             seq.num_computed = 0  # generated tokens keep their role (sequence.py)
+            seq.prefix.reset()
             out.preempted.append(seq)
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
@@ -273,3 +363,4 @@ class Scheduler:
         for c in out.chunks:
             if c.seq.status is SeqStatus.RUNNING:
                 c.seq.num_computed = c.end
+                self.cache.register(c.seq)

@@ -6,6 +6,7 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from swaa_engine.kv_cache.prefix import PrefixState
 from swaa_engine.sampling_params import SamplingParams
 
 
@@ -53,6 +54,7 @@ class Sequence:
     swapped: int | None = None  # host bytes holding this sequence's computed KV while it is swapped out
     num_preemptions: int = 0
     order: int = field(default_factory=lambda: next(_counter))
+    prefix: PrefixState = field(default_factory=PrefixState)  # its place in the prefix cache's index
 
     def __post_init__(self) -> None:
         self.num_prompt = len(self.token_ids)

@@ -100,6 +100,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--swap-bytes", type=byte_size, default=default(CacheConfig, "swap_bytes"), metavar="SIZE",
                    help="host memory for preempted sequences' KV (default: like the KV budget, at most half the free "
                         "RAM; 0: preemption recomputes)")
+    e.add_argument("--no-prefix-cache", action="store_true",
+                   help="compute every prompt in full (default: reuse the KV of prefixes seen before; exact)")
     e.add_argument("--decode-reserve-tokens", type=int, default=default(SchedulerConfig, "decode_reserve_tokens"),
                    help="admission keeps cache free for this many more generated tokens of each running sequence")
     e.add_argument("--lora", default=None, metavar="DIR", help="peft adapter folder (swaa finetune) merged into the weights at load")
@@ -120,7 +122,8 @@ def engine_config_from_args(args):
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   decode_reserve_tokens=args.decode_reserve_tokens),
         cache=CacheConfig(block_size=args.block_size, budget_bytes=args.cache_bytes, budget_fraction=args.cache_fraction,
-                          cpu_cap_bytes=args.cache_cpu_cap, swap_bytes=args.swap_bytes),
+                          cpu_cap_bytes=args.cache_cpu_cap, swap_bytes=args.swap_bytes,
+                          prefix_caching=not args.no_prefix_cache),
         lora=args.lora,
         cuda_graphs=not args.no_cuda_graphs,
     )

@@ -87,4 +87,4 @@ def test_ring_admission_limits_running_sequences():
     assert not mgr.can_allocate(c, 3)
     mgr.free(a)
     assert mgr.can_allocate(c, 3)
-    assert mgr.usage()["ring"] == {"used": 1, "total": 2}
+    assert mgr.usage()["ring"] == {"used": 1, "cached": 0, "total": 2}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swaa_engine.kv_cache.pools import BlockPool, RingPool, SwapSpace
+from swaa_engine.kv_cache.prefix import PrefixCache, PrefixMatch
 from swaa_engine.sequence import Sequence
-from swaa_engine.swaa import CacheKind, LayerSpec
+from swaa_engine.swaa import AttentionKind, CacheKind, LayerSpec
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,10 @@ class CacheManager:
     """
 
     def __init__(self, specs: tuple[LayerSpec, ...], block_size: int, num_blocks: int, num_rings: int,
-                 swap: SwapSpace | None = None):
-        """``swap``: host memory that preempted sequences' KV moves to (none: preemption recomputes)."""
+                 swap: SwapSpace | None = None, prefix_caching: bool = False, fa_tail: int = 0):
+        """``swap``: host memory that preempted sequences' KV moves to (none: preemption recomputes).
+        ``prefix_caching``: keep computed prompt blocks (and ring snapshots) for later requests (``kv_cache.prefix``).
+        ``fa_tail``: the config's question tail (its last prompt tokens attend fully in fa_decode layers)."""
         self.specs = specs
         self.has_paged = any(s.cache_kind is CacheKind.PAGED for s in specs)
         self.has_ring = any(s.cache_kind is CacheKind.RING for s in specs)
@@ -90,6 +93,10 @@ class CacheManager:
         self.blocks = BlockPool(num_blocks if self.has_paged else 0, block_size)
         self.rings = RingPool(num_rings if self.has_ring else 0, max(ring_slots, default=0))
         self.swap = swap or SwapSpace(0, 0, 0)
+        self.prefix = PrefixCache(block_size, self.has_paged, self.has_ring) if prefix_caching else None
+        # under fa_decode a generated token's KV (full attention) is not what a prefill of it computes (windowed)
+        self.generated_reusable = not any(s.kind is AttentionKind.SLIDING_FA_DECODE for s in specs)
+        self.fa_tail = fa_tail
 
     @property
     def block_size(self) -> int:
@@ -102,22 +109,47 @@ class CacheManager:
     def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
         return max(0, self.blocks_for(seq.num_computed + num_new_tokens) - len(seq.block_table))
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
-        if self.has_ring and seq.ring is None and self.rings.num_free == 0:
-            return False
-        return self.blocks_needed(seq, num_new_tokens) <= self.blocks.num_free
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks a sequence can get: free ones and cached ones no sequence references (evicted on demand)."""
+        return self.blocks.num_free + (len(self.prefix.idle_blocks) if self.prefix else 0)
 
-    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Reserve what ``num_new_tokens`` more computed tokens need; call only after can_allocate."""
+    @property
+    def num_free_rings(self) -> int:
+        return self.rings.num_free + (len(self.prefix.snapshots) if self.prefix else 0)
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
+        if self.has_ring and seq.ring is None and self.num_free_rings == 0:
+            return False
+        return self.blocks_needed(seq, num_new_tokens) <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, keep_snapshot: int | None = None) -> None:
+        """Reserve what ``num_new_tokens`` more computed tokens need; call only after can_allocate.
+        ``keep_snapshot``: a ring snapshot that must survive (the one this sequence is about to copy)."""
         if self.has_ring and seq.ring is None:
-            seq.ring = self.rings.allocate()
+            seq.ring = self._new_ring(keep_snapshot)
         for _ in range(self.blocks_needed(seq, num_new_tokens)):
-            seq.block_table.append(self.blocks.allocate())
+            seq.block_table.append(self._new_block())
+
+    def _new_block(self) -> int:
+        if self.blocks.num_free == 0 and self.prefix is not None:
+            self.blocks.free(self.prefix.evict_block())  # cached blocks go before anyone is preempted
+        return self.blocks.allocate()
+
+    def _new_ring(self, keep: int | None = None) -> int:
+        if self.rings.num_free == 0 and self.prefix is not None:
+            self.rings.free(self.prefix.evict_snapshot(keep))
+        return self.rings.allocate()
 
     def free(self, seq: Sequence) -> None:
-        """Give back everything ``seq`` holds: device blocks, its ring, and host memory it was swapped to."""
+        """Give back everything ``seq`` holds: device blocks, its ring, and host memory it was swapped to. Cached
+        blocks nobody references any more stay findable until they are evicted."""
         for b in seq.block_table:
-            self.blocks.free(b)
+            if self.blocks.release(b):
+                if self.prefix is not None and self.prefix.is_cached(b):
+                    self.prefix.release_block(b)
+                else:
+                    self.blocks.free(b)
         seq.block_table = []
         if seq.ring is not None:
             self.rings.free(seq.ring)
@@ -149,15 +181,72 @@ class CacheManager:
         seq.swapped = None
         return SwapOp(seq.request_id, tuple(seq.block_table[: self.blocks_for(seq.num_computed)]), seq.ring)
 
+    # -- prefix caching ---------------------------------------------------------------------
+    def reusable_end(self, seq: Sequence) -> int:
+        """Tokens of ``seq`` whose KV a fresh prefill of them would compute: under fa_decode its prompt before the
+        question tail (generated and tail tokens attend fully there, a new prompt's would not); else all of them."""
+        return seq.num_tokens if self.generated_reusable else max(0, seq.num_prompt - self.fa_tail)
+
+    def lookup(self, seq: Sequence) -> PrefixMatch:
+        """What ``seq``, holding nothing yet, can reuse; at least its last token is left to compute (its logits)."""
+        if self.prefix is None or seq.num_computed or seq.swapped is not None or seq.block_table:
+            return PrefixMatch(0)
+        return self.prefix.match(seq.token_ids, min(self.reusable_end(seq), seq.num_tokens - 1))
+
+    def blocks_to_take(self, seq: Sequence, m: PrefixMatch) -> int:
+        """Free blocks admitting ``seq`` with ``m`` takes: its new blocks, and matched ones now idle."""
+        new = max(0, self.blocks_for(seq.num_tokens) - len(m.blocks))
+        return new + (self.prefix.num_idle_in(m) if self.prefix is not None and self.has_paged else 0)
+
+    def take(self, seq: Sequence, m: PrefixMatch) -> None:
+        """``seq`` starts from ``m``: shares its blocks and counts its tokens computed (the caller copies the
+        snapshot into the sequence's ring once it has one)."""
+        assert self.prefix is not None and not seq.block_table and seq.num_computed == 0
+        self.prefix.touch(m)
+        for b in m.blocks:
+            self.blocks.share(b)
+        seq.block_table = list(m.blocks)
+        seq.num_computed = m.length
+        seq.prefix.node, seq.prefix.registered = m.node, m.length
+
+    def register(self, seq: Sequence) -> None:
+        """Index the full blocks ``seq`` has computed since the last call (those a fresh prefill would compute)."""
+        if self.prefix is None:
+            return
+        st, bs = seq.prefix, self.block_size
+        end = min(seq.num_computed, self.reusable_end(seq))
+        while st.registered + bs <= end:
+            node = self.prefix.node(st.node, tuple(seq.token_ids[st.registered: st.registered + bs]))
+            if self.has_paged:
+                self.prefix.add_block(node, seq.block_table[st.registered // bs])
+            st.node, st.registered = node, st.registered + bs
+
+    def new_snapshot(self, seq: Sequence) -> int | None:
+        """A ring for a snapshot of ``seq``'s ring at its registered boundary, from free rings or the oldest
+        snapshot (never from a sequence); None when there is none or the boundary already has one."""
+        node = seq.prefix.node
+        if self.prefix is None or node is None or node.snapshot is not None or seq.ring is None:
+            return None
+        if self.rings.num_free == 0 and not self.prefix.snapshots:
+            return None
+        ring = self._new_ring()
+        self.prefix.add_snapshot(node, ring)
+        return ring
+
     def max_tokens_per_seq(self) -> int | None:
         """Most tokens one sequence can hold; None when no layer is paged (rings never grow)."""
         return self.blocks.total * self.block_size if self.has_paged else None
 
     def usage(self) -> dict[str, dict[str, int]]:
+        """Per pool: slots sequences hold (``used``), slots holding cached prefixes only (``cached``), all."""
+        idle = len(self.prefix.idle_blocks) if self.prefix else 0
+        snaps = len(self.prefix.snapshots) if self.prefix else 0
         return {
-            CacheKind.PAGED.value: {"used": self.blocks.num_used, "total": self.blocks.total},
-            CacheKind.RING.value: {"used": self.rings.num_used, "total": self.rings.total},
+            CacheKind.PAGED.value: {"used": self.blocks.num_used - idle, "cached": idle, "total": self.blocks.total},
+            CacheKind.RING.value: {"used": self.rings.num_used - snaps, "cached": snaps, "total": self.rings.total},
         }
 
     def is_idle(self) -> bool:
-        return self.blocks.num_used == 0 and self.rings.num_used == 0 and self.swap.used_bytes == 0
+        """No sequence holds a slot or host memory (cached prefixes may remain)."""
+        u = self.usage()
+        return u["paged"]["used"] == 0 and u["ring"]["used"] == 0 and self.swap.used_bytes == 0

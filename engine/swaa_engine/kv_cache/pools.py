@@ -43,16 +43,54 @@ class FreeList:
 
 
 class BlockPool(FreeList):
-    """Paged full-KV blocks of ``block_size`` token slots, shared by every paged layer."""
+    """Paged full-KV blocks of ``block_size`` token slots, shared by every paged layer.
+
+    A block may be referenced by several sequences (a shared prompt prefix): ``share`` adds a reference and
+    ``release`` drops one, telling the caller when the last one went (the block is then the caller's to free
+    or to keep cached).
+    """
 
     def __init__(self, num_blocks: int, block_size: int):
         if block_size <= 0:
             raise ValueError(f"block_size must be > 0, got {block_size}")
         super().__init__(num_blocks, "paged block")
         self.block_size = block_size
+        self._refs: dict[int, int] = {}
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+    def allocate(self) -> int:
+        i = super().allocate()
+        self._refs[i] = 1
+        return i
+
+    def share(self, i: int) -> None:
+        """One more reference to an allocated block (referenced or not)."""
+        if i not in self._used:
+            raise ValueError(f"paged block {i} shared but never allocated")
+        self._refs[i] = self._refs.get(i, 0) + 1
+
+    def release(self, i: int) -> bool:
+        """Drop one reference; True when it was the last (the block stays allocated: ``free`` it or keep it)."""
+        n = self._refs.get(i, 0)
+        if n <= 0:
+            raise ValueError(f"paged block {i} released without a reference")
+        if n == 1:
+            del self._refs[i]
+            return True
+        self._refs[i] = n - 1
+        return False
+
+    def free(self, i: int) -> None:
+        """Back to the free list; only a block nobody references."""
+        if self._refs.get(i):
+            raise ValueError(f"paged block {i} freed while referenced")
+        super().free(i)
+
+    @property
+    def num_referenced(self) -> int:
+        return len(self._refs)
 
 
 class RingPool(FreeList):

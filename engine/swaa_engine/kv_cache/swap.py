@@ -1,4 +1,5 @@
-"""Preempted sequences' KV in host memory: copied out of their device slots and back into new ones."""
+"""Preempted sequences' KV in host memory, copied out of their device slots and back into new ones; ring copies on
+the device for prefix-cache snapshots."""
 
 from __future__ import annotations
 
@@ -61,6 +62,21 @@ class HostSwap:
                 for j, layer in enumerate(layers):
                     for kv in (0, 1):
                         self.caches[layer][kv].index_copy_(0, idx, host[j, kv].to(self.device, non_blocking=True))
+
+    def copy_rings(self, pairs: list[tuple[int, int]]) -> None:
+        """Device copies from ring ``src`` to ring ``dst`` in every ring layer, in order (prefix-cache snapshots)."""
+        if not pairs or not self.layers[CacheKind.RING]:
+            return
+        src = torch.tensor([a for a, _ in pairs], dtype=torch.long, device=self.device)
+        dst = torch.tensor([b for _, b in pairs], dtype=torch.long, device=self.device)
+        one_pass = len(set(dst.tolist()) & set(src.tolist())) == 0  # else a later copy reads an earlier one's output
+        for layer in self.layers[CacheKind.RING]:
+            for kv in self.caches[layer]:
+                if one_pass:
+                    kv.index_copy_(0, dst, kv.index_select(0, src))
+                else:
+                    for a, b in pairs:
+                        kv[b].copy_(kv[a])
 
     def drop(self, request_id: str) -> None:
         """Forget a finished or aborted request's host copy (if it had one)."""

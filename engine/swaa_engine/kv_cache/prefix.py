@@ -1,0 +1,169 @@
+"""Prefix caching: computed prompt KV found again by the tokens before it, shared instead of recomputed. No torch.
+
+The index is a trie of full blocks: a node stands for ``block_size`` token ids following its parent's, so it
+names one exact prefix ``[0, end)`` (token tuples compared exactly: no hash collisions). A node may hold
+- the paged block with its tokens' KV in every paged layer (shared by reference count; when no sequence
+  references it, it waits in an LRU list and is the first thing taken when blocks run out), and
+- a ring snapshot: a copy of the rings after computing ``[0, end)`` (sinks + the window's last slots in every
+  ring layer), from which a sequence continues exactly as if it had computed the prefix itself.
+
+What a node's KV may be reused for is fixed by how it was computed (docs/architecture.md, "Prefix caching"): the
+engine registers only tokens whose KV a fresh prefill of the same tokens would compute. One engine serves one
+model, SWAA config and adapter, so those need not be part of the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class _Node:
+    id: int
+    key: tuple[int, tuple[int, ...]]  # (parent id, the block's token ids)
+    parent: _Node | None
+    end: int  # tokens [0, end) this node completes
+    block: int | None = None
+    snapshot: int | None = None
+    children: int = 0
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """What a new sequence can reuse: ``length`` tokens, the paged ``blocks`` covering them, and the ring
+    ``snapshot`` to copy into its ring (None when no layer is a ring)."""
+
+    length: int
+    blocks: tuple[int, ...] = ()
+    snapshot: int | None = None
+    node: _Node | None = None  # the node ending at ``length``
+    known: int = 0  # the longest prefix the index knows (>= length: past the last snapshot, rings are recomputed)
+
+
+@dataclass
+class PrefixStats:
+    queried_tokens: int = 0  # prompt tokens looked up at first admission
+    hit_tokens: int = 0  # of those, reused from the cache
+
+
+class PrefixCache:
+    def __init__(self, block_size: int, has_paged: bool, has_ring: bool):
+        self.block_size, self.has_paged, self.has_ring = block_size, has_paged, has_ring
+        self._nodes: dict[tuple[int, tuple[int, ...]], _Node] = {}
+        self._ids = itertools.count()
+        self._block_node: dict[int, _Node] = {}
+        self.idle_blocks: OrderedDict[int, None] = OrderedDict()  # cached, referenced by no sequence; LRU first
+        self.snapshots: OrderedDict[int, _Node] = OrderedDict()  # ring id -> node; LRU first
+        self.stats = PrefixStats()
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def match(self, tokens: list[int], limit: int) -> PrefixMatch:
+        """The longest reusable prefix of ``tokens`` no longer than ``limit`` (block-aligned)."""
+        bs, parent, path = self.block_size, -1, []
+        for i in range(limit // bs):
+            node = self._nodes.get((parent, tuple(tokens[i * bs:(i + 1) * bs])))
+            if node is None or (self.has_paged and node.block is None):
+                break
+            path.append(node)
+            parent = node.id
+        known = path[-1].end if path else 0
+        if self.has_ring:
+            while path and path[-1].snapshot is None:
+                path.pop()
+        if not path:
+            return PrefixMatch(0, known=known)
+        return PrefixMatch(path[-1].end, tuple(n.block for n in path) if self.has_paged else (),
+                           path[-1].snapshot if self.has_ring else None, path[-1], known)
+
+    def touch(self, m: PrefixMatch) -> None:
+        """A sequence takes ``m``: its blocks leave the idle list (the caller adds the references), its snapshot is
+        the most recently used."""
+        for b in m.blocks:
+            self.idle_blocks.pop(b, None)
+        if m.snapshot is not None:
+            self.snapshots.move_to_end(m.snapshot)
+
+    def num_idle_in(self, m: PrefixMatch) -> int:
+        return sum(b in self.idle_blocks for b in m.blocks)
+
+    # -- registration ---------------------------------------------------------------------------
+    def node(self, parent: _Node | None, tokens: tuple[int, ...]) -> _Node:
+        """The node for ``tokens`` after ``parent`` (None: the first block), created if new."""
+        key = (-1 if parent is None else parent.id, tokens)
+        n = self._nodes.get(key)
+        if n is None:
+            end = (0 if parent is None else parent.end) + len(tokens)
+            n = self._nodes[key] = _Node(next(self._ids), key, parent, end)
+            if parent is not None:
+                parent.children += 1
+        return n
+
+    def add_block(self, node: _Node, block: int) -> bool:
+        """Offer ``block`` as ``node``'s KV; False when the node already has one (the offered block stays private)."""
+        if node.block is not None:
+            return node.block == block
+        node.block = block
+        self._block_node[block] = node
+        return True
+
+    def add_snapshot(self, node: _Node, ring: int) -> None:
+        assert node.snapshot is None
+        node.snapshot = ring
+        self.snapshots[ring] = node
+
+    def is_cached(self, block: int) -> bool:
+        return block in self._block_node
+
+    def release_block(self, block: int) -> None:
+        """The last reference to a cached block went: it waits to be found again, or evicted."""
+        self.idle_blocks[block] = None
+
+    # -- eviction -------------------------------------------------------------------------------
+    def evict_block(self) -> int | None:
+        """The least recently used idle block, forgotten (the caller frees it); None when there is none."""
+        if not self.idle_blocks:
+            return None
+        b, _ = self.idle_blocks.popitem(last=False)
+        node = self._block_node.pop(b)
+        node.block = None
+        self._prune(node)
+        return b
+
+    def evict_snapshot(self, keep: int | None = None) -> int | None:
+        """The least recently used snapshot ring (not ``keep``), forgotten; None when there is none."""
+        for ring in self.snapshots:
+            if ring != keep:
+                node = self.snapshots.pop(ring)
+                node.snapshot = None
+                self._prune(node)
+                return ring
+        return None
+
+    def _prune(self, node: _Node | None) -> None:
+        # a node holding nothing and leading nowhere names a prefix nobody can use: drop it, then its parent
+        while node is not None and node.block is None and node.snapshot is None and node.children == 0:
+            del self._nodes[node.key]
+            if node.parent is not None:
+                node.parent.children -= 1
+            node = node.parent
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+@dataclass
+class PrefixState:
+    """A sequence's progress through the index: the node of its last registered block, and where a ring snapshot
+    is due (a block boundary its chunks stop at; None when none is)."""
+
+    node: _Node | None = None
+    registered: int = 0  # leading tokens already in the index
+    snapshot_at: int | None = None
+    snapshot_points: list[int] = field(default_factory=list)  # later boundaries due, ascending
+    cached_tokens: int = 0  # reused at its first admission (reported in usage)
+
+    def reset(self) -> None:
+        """Its KV was dropped (preempted to recompute): it starts over from the index's root."""
+        self.node, self.registered, self.snapshot_at, self.snapshot_points = None, 0, None, []

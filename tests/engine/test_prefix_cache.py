@@ -1,0 +1,178 @@
+"""Prefix caching: the index and its accounting (torch-free, milliseconds), and exactness through the engine
+(greedy output with the cache equals the output without it, CPU float32, the six canonical configs and the
+question tail)."""
+
+import random
+
+import pytest
+
+from swaa_engine.config import CacheConfig, SchedulerConfig
+from swaa_engine.kv_cache.manager import CacheManager
+from swaa_engine.kv_cache.prefix import PrefixCache
+from swaa_engine.sampling_params import SamplingParams
+from swaa_engine.scheduler import Scheduler
+from swaa_engine.sequence import Sequence
+from swaa_engine.swaa import SWAAConfig, canonical_configs
+
+BS = 8
+
+
+# -- the index ---------------------------------------------------------------------------------------
+def test_match_is_exact_and_block_aligned():
+    pc = PrefixCache(BS, has_paged=True, has_ring=False)
+    toks = list(range(40))
+    parent = None
+    for i, block in enumerate((10, 11, 12)):
+        parent = pc.node(parent, tuple(toks[i * BS:(i + 1) * BS]))
+        pc.add_block(parent, block)
+    m = pc.match(toks, 39)
+    assert (m.length, m.blocks) == (24, (10, 11, 12))
+    assert pc.match(toks, 23).length == 16  # the limit cuts mid-block: whole blocks only
+    other = toks[:]
+    other[9] = 999  # differs inside the second block
+    assert pc.match(other, 39).blocks == (10,)
+
+
+def test_rings_resume_only_from_a_snapshot():
+    pc = PrefixCache(BS, has_paged=True, has_ring=True)
+    toks = list(range(40))
+    nodes, parent = [], None
+    for i in range(3):
+        parent = pc.node(parent, tuple(toks[i * BS:(i + 1) * BS]))
+        pc.add_block(parent, i)
+        nodes.append(parent)
+    assert pc.match(toks, 39).length == 0 and pc.match(toks, 39).known == 24
+    pc.add_snapshot(nodes[1], ring=7)
+    m = pc.match(toks, 39)
+    assert (m.length, m.blocks, m.snapshot, m.known) == (16, (0, 1), 7, 24)
+
+
+def test_eviction_is_lru_and_prunes_the_index():
+    pc = PrefixCache(BS, has_paged=True, has_ring=False)
+    a = pc.node(None, tuple(range(BS)))
+    b = pc.node(a, tuple(range(BS, 2 * BS)))
+    pc.add_block(a, 0)
+    pc.add_block(b, 1)
+    pc.release_block(1)
+    pc.release_block(0)
+    assert pc.evict_block() == 1 and len(pc) == 1  # b held nothing more and led nowhere
+    assert pc.evict_block() == 0 and len(pc) == 0
+    assert pc.evict_block() is None
+
+
+def seq(tokens, rid, max_tokens=4):
+    return Sequence(rid, list(tokens), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+
+def run_to_end(sched, mgr, seqs):
+    """Drive the scheduler as the engine does, generating token 7 each time a sequence samples."""
+    for _ in range(1000):
+        if not sched.has_work():
+            return
+        out = sched.schedule()
+        sched.advance(out)
+        for c in out.chunks:
+            if c.samples and not c.seq.finished:
+                c.seq.token_ids.append(7)
+                if c.seq.num_generated >= c.seq.params.max_tokens:
+                    sched.finish(c.seq, "length")
+        sched.release_deferred()
+    raise AssertionError("did not finish")
+
+
+def test_cached_blocks_go_before_any_running_request_is_preempted():
+    specs = SWAAConfig().layer_specs(2)
+    mgr = CacheManager(specs, BS, 10, 0, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, decode_reserve_tokens=0), mgr)
+    first = seq(range(40), "a")
+    sched.add(first)
+    run_to_end(sched, mgr, [first])
+    assert mgr.usage()["paged"] == {"used": 0, "cached": 5, "total": 10}  # 5 full blocks of computed KV kept
+    # a different request needing every block: the cached ones are evicted, nobody is preempted
+    big = seq(range(100, 100 + 76), "b")
+    sched.add(big)
+    run_to_end(sched, mgr, [big])
+    assert sched.stats.preemptions == 0
+    assert mgr.blocks.num_free + mgr.usage()["paged"]["cached"] == 10
+
+
+def test_shared_blocks_survive_an_abort_and_accounting_is_exact():
+    specs = SWAAConfig().layer_specs(2)
+    mgr = CacheManager(specs, BS, 20, 0, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, decode_reserve_tokens=0), mgr)
+    sys_prompt = list(range(32))
+    a = seq(sys_prompt + [90, 91], "a")
+    sched.add(a)
+    run_to_end(sched, mgr, [a])
+    b, c = seq(sys_prompt + [92], "b", max_tokens=50), seq(sys_prompt + [93, 94, 95], "c", max_tokens=50)
+    sched.add(b)
+    sched.add(c)
+    sched.advance(sched.schedule())
+    assert b.prefix.cached_tokens == c.prefix.cached_tokens == 32
+    assert b.block_table[:4] == c.block_table[:4]  # the system prompt's blocks, shared
+    shared = b.block_table[:4]
+    sched.abort("b")
+    assert all(mgr.blocks._refs[x] == 1 for x in shared)  # c still holds them
+    run_to_end(sched, mgr, [c])
+    u = mgr.usage()["paged"]
+    assert u["used"] == 0 and mgr.blocks.num_free + u["cached"] == 20 and mgr.is_idle()
+    assert mgr.prefix.stats.hit_tokens == 64 and mgr.prefix.stats.queried_tokens == 34 + 33 + 35
+
+
+def test_requests_racing_on_a_new_prefix_compute_it_once():
+    specs = SWAAConfig().layer_specs(2)
+    mgr = CacheManager(specs, BS, 40, 0, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=16, decode_reserve_tokens=0), mgr)
+    system = list(range(40))
+    seqs = [seq(system + [100 + i] * 3, f"r{i}") for i in range(4)]
+    unrelated = seq(list(range(200, 230)), "u")
+    for s in seqs + [unrelated]:
+        sched.add(s)
+    out = sched.schedule()
+    assert {c.seq.request_id for c in out.chunks} == {"r0"}  # the step's budget goes to r0
+    sched.advance(out)
+    run_to_end(sched, mgr, seqs + [unrelated])
+    assert [s.prefix.cached_tokens for s in seqs] == [0, 40, 40, 40] and unrelated.prefix.cached_tokens == 0
+    assert sched.stats.preemptions == 0 and mgr.is_idle()
+
+
+# -- exactness through the engine --------------------------------------------------------------------
+CONFIGS = dict(canonical_configs(window=16, sinks=4))
+CONFIGS["swa+sinks+fa_decode+tail"] = SWAAConfig(window=16, sinks=4, fa_decode=True, fa_tail=6)
+
+
+def make_llm(folder, swaa, prefix: bool):
+    from swaa_engine.engine import LLM
+
+    return LLM(folder, swaa=swaa, cache=CacheConfig(block_size=BS, budget_bytes=8 << 20, prefix_caching=prefix),
+               scheduler=SchedulerConfig(max_num_batched_tokens=40))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_output_is_the_same_with_the_cache(name, tiny_qwen3):
+    folder, _ = tiny_qwen3
+    swaa = CONFIGS[name]
+    rng = random.Random(1)
+    system = [rng.randrange(384) for _ in range(53)]  # > 3 windows, ends mid-block
+    questions = [[rng.randrange(384) for _ in range(n)] for n in (5, 12, 3, 9)]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    cached, plain = make_llm(folder, swaa, True), make_llm(folder, swaa, False)
+
+    def both(prompts):
+        a, b = cached.generate(prompts, params), plain.generate(prompts, params)
+        assert [o.token_ids for o in a] == [o.token_ids for o in b]
+        return a
+
+    first = both([system + questions[0]])[0]
+    later = both([system + q for q in questions[1:]])  # a shared system prompt (rings restored past the window)
+    assert all(o.usage.cached_tokens >= 48 for o in later)
+    turn2 = system + questions[0] + first.token_ids + questions[1]  # a second chat turn
+    out2 = both([turn2])[0]
+    assert out2.usage.cached_tokens >= 48
+    fresh = [rng.randrange(384) for _ in range(30)]
+    both([fresh + q for q in questions])  # racing on a new prefix, submitted at once
+    eng = cached.engine
+    assert eng.cache.is_idle()
+    u = eng.cache.usage()
+    assert eng.cache.blocks.num_free + u["paged"]["cached"] == eng.cache.blocks.total
+    assert eng.cache.rings.num_free + u["ring"]["cached"] == eng.cache.rings.total
