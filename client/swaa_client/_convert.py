@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, ReplicaStatus, Timings,
+from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, PrefixCache, ReplicaStatus, Timings,
                                TokenLogprob, Usage)
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
@@ -124,9 +124,11 @@ def model_info(msg: pb.ModelInfo) -> ModelInfo:
         window=sw.window if sw.HasField("window") else None, sinks=sw.sinks, fa_decode=sw.fa_decode, fa_layers=sw.fa_layers,
         layers=tuple(LayerInfo(l.layer, _ATTENTION.get(l.attention, "unspecified"), _CACHE.get(l.cache, "unspecified"))
                      for l in msg.layers),
-        block_size=msg.block_size, paged=PoolUsage(msg.paged.used, msg.paged.total), ring=PoolUsage(msg.ring.used, msg.ring.total),
+        block_size=msg.block_size, paged=PoolUsage(msg.paged.used, msg.paged.total, msg.paged.cached),
+        ring=PoolUsage(msg.ring.used, msg.ring.total, msg.ring.cached),
         vocab_size=msg.vocab_size, fa_tail=sw.fa_tail,
         replicas=tuple(ReplicaStatus(r.index, r.ready, PoolUsage(r.paged.used, r.paged.total), PoolUsage(r.ring.used, r.ring.total),
                                      r.running, r.waiting, r.restarts) for r in msg.replicas),
         replicas_ready=msg.replicas_ready, cache_bytes=msg.cache_bytes, cache_budget=msg.cache_budget,
-        preemptions=Preemptions(**{f.name: getattr(msg.preemptions, f.name) for f in msg.preemptions.DESCRIPTOR.fields}))
+        preemptions=Preemptions(**{f.name: getattr(msg.preemptions, f.name) for f in msg.preemptions.DESCRIPTOR.fields}),
+        prefix_cache=PrefixCache(msg.prefix_cache.enabled, msg.prefix_cache.queried_tokens, msg.prefix_cache.hit_tokens))

@@ -67,8 +67,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class PoolUsage:
-    used: int   # blocks (paged pool) or rings (ring pool) in use
+    used: int   # blocks (paged pool) or rings (ring pool) requests hold
     total: int
+    cached: int = 0  # holding cached prefixes only (freed on demand)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,19 @@ class Preemptions:
     recomputed_tokens: int = 0
     swap_used_bytes: int = 0
     swap_total_bytes: int = 0  # the swap budget; 0: preemption always recomputes
+
+
+@dataclass(frozen=True)
+class PrefixCache:
+    """Prefix caching since start: prompt tokens looked up at admission, and how many were reused."""
+
+    enabled: bool = False
+    queried_tokens: int = 0
+    hit_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -124,3 +138,4 @@ class ModelInfo:
     cache_bytes: int = 0  # KV memory reserved per engine, and which limit sized it
     cache_budget: str = ""
     preemptions: Preemptions = Preemptions()
+    prefix_cache: PrefixCache = PrefixCache()

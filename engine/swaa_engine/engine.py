@@ -82,6 +82,7 @@ class EngineLoad:
     preemptions: dict = field(default_factory=dict)
     steps: int = 0  # engine steps that ran a batch, and the seconds they took (model + scheduling + sampling)
     step_seconds: float = 0.0
+    prefix: dict = field(default_factory=dict)  # the fields of swaa.v1.PrefixCache (enabled, queried/hit tokens)
 
 
 class StepError(RuntimeError):
@@ -199,7 +200,11 @@ class LLMEngine:
         pre = dict(total=pre["preemptions"], swapped=pre["swapped_out"], swapped_bytes=pre["swapped_bytes"],
                    recomputed=pre["recomputed"], recomputed_tokens=pre["recomputed_tokens"],
                    swap_used_bytes=swap.used_bytes, swap_total_bytes=swap.budget_bytes)
-        self.load = EngineLoad(len(sched.running), len(sched.waiting), self.cache.usage(), pre, self.steps, self.step_seconds)
+        pc = self.cache.prefix
+        prefix = dict(enabled=pc is not None, queried_tokens=pc.stats.queried_tokens if pc else 0,
+                      hit_tokens=pc.stats.hit_tokens if pc else 0)
+        self.load = EngineLoad(len(sched.running), len(sched.waiting), self.cache.usage(), pre, self.steps, self.step_seconds,
+                               prefix)
 
     def decode_graphs(self) -> DecodeGraphs:
         """Decode graphs over this engine's model and caches (captured by ``runner.use_graphs``)."""

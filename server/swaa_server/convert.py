@@ -112,7 +112,7 @@ def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
 
 
 def _pool(u: dict) -> pb.PoolUsage:
-    return pb.PoolUsage(used=u["used"], total=u["total"])
+    return pb.PoolUsage(used=u["used"], total=u["total"], cached=u.get("cached", 0))
 
 
 def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
@@ -122,11 +122,13 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
                    fa_layers=str(sw.fa_layers) if sw.fa_layers else "", fa_tail=sw.fa_tail)
     if sw.window is not None:
         swaa.window = sw.window
-    usage, pre = snap.usage, snap.preemptions
+    usage, pre, prefix = snap.usage, snap.preemptions, dict(snap.prefix)
     if replicas:
         ready = [r.load for r in replicas if r.ready and r.load is not None]
-        usage = {p: {k: sum(l.usage[p][k] for l in ready) for k in ("used", "total")} for p in ("paged", "ring")}
+        usage = {p: {k: sum(l.usage[p].get(k, 0) for l in ready) for k in ("used", "cached", "total")} for p in ("paged", "ring")}
         pre = {k: sum(l.preemptions.get(k, 0) for l in ready) for k in pb.Preemptions.DESCRIPTOR.fields_by_name}
+        prefix = {k: sum(l.prefix.get(k, 0) for l in ready) for k in ("queried_tokens", "hit_tokens")}
+        prefix["enabled"] = any(l.prefix.get("enabled", False) for l in ready)
     return pb.ModelInfo(
         model=snap.model_name, architecture=snap.architecture, max_context=snap.max_model_len, swaa=swaa,
         layers=[pb.LayerInfo(layer=s.layer, attention=ATTENTION[s.kind], cache=CACHE[s.cache_kind]) for s in snap.specs],
@@ -137,5 +139,5 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
                   for r in replicas],
         replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
         cache_bytes=snap.cache_bytes, cache_budget=snap.cache_budget,
-        preemptions=pb.Preemptions(**pre),
+        preemptions=pb.Preemptions(**pre), prefix_cache=pb.PrefixCache(**prefix),
     )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol
 
 from swaa_engine.async_engine import AsyncEngine
@@ -38,6 +38,7 @@ class EngineSnapshot:
     bounds: PromptBounds | None = None  # what a prompt must meet before it is even converted (None: unknown)
     cache_bytes: int = 0  # KV memory reserved, and which limit sized it (CacheConfig.resolve_budget)
     cache_budget: str = ""
+    prefix: dict = field(default_factory=dict)  # the fields of swaa.v1.PrefixCache
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -46,7 +47,7 @@ def snapshot(engine) -> EngineSnapshot:
     return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                           tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, load.usage,
                           load.running, load.waiting, load.preemptions, load.steps, load.step_seconds,
-                          engine.prompt_bounds, engine.pool_plan.total_bytes, engine.cache_budget_reason)
+                          engine.prompt_bounds, engine.pool_plan.total_bytes, engine.cache_budget_reason, load.prefix)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,12 @@ class _EngineCollector:
             "recomputed": CounterMetricFamily("swaa_recomputed_tokens", "tokens whose KV preemption dropped (computed "
                                               "again)", labels=names),
             "swap_used": GaugeMetricFamily("swaa_swap_used_bytes", "host memory holding swapped KV now", labels=names),
+            "cached": GaugeMetricFamily("swaa_cache_cached", "KV pool units holding cached prefixes only (freed on "
+                                        "demand)", labels=names + ["pool"]),
+            "pfx_q": CounterMetricFamily("swaa_prefix_cache_queried_tokens", "prompt tokens looked up in the prefix "
+                                         "cache at admission", labels=names),
+            "pfx_h": CounterMetricFamily("swaa_prefix_cache_hit_tokens", "prompt tokens reused from the prefix cache "
+                                         "(rate / queried rate = hit rate)", labels=names),
             "steps": CounterMetricFamily("swaa_engine_steps", "engine steps that ran a batch", labels=names),
             "step_s": CounterMetricFamily("swaa_engine_step_seconds", "time spent in those steps (rate / steps rate = "
                                           "mean step time)", labels=names),
@@ -50,6 +56,10 @@ class _EngineCollector:
                 fams["perc"].add_metric(values + [pool], u["used"] / u["total"] if u["total"] else 0.0)
                 fams["used"].add_metric(values + [pool], u["used"])
                 fams["total"].add_metric(values + [pool], u["total"])
+                fams["cached"].add_metric(values + [pool], u.get("cached", 0))
+            prefix = snap.prefix
+            fams["pfx_q"].add_metric(values, prefix.get("queried_tokens", 0))
+            fams["pfx_h"].add_metric(values, prefix.get("hit_tokens", 0))
             pre = snap.preemptions
             fams["pre"].add_metric(values + ["swap"], pre.get("swapped", 0))
             fams["pre"].add_metric(values + ["recompute"], pre.get("recomputed", 0))

@@ -265,3 +265,29 @@ def test_preemptions_are_reported_in_model_info_and_metrics(tiny_qwen3):
         body = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
         assert f'swaa_preemptions_total{{kind="swap"}} {float(info.swapped)}' in body
         assert f"swaa_swapped_bytes_total {float(info.swapped_bytes)}" in body
+
+
+def test_prefix_cache_hits_are_reported_in_usage_model_info_and_metrics(tiny_qwen3):
+    """Two requests sharing a 40-token prefix: the second reuses it (Usage.cached_tokens), and GetModelInfo and the
+    metrics count the lookup; with --no-prefix-cache nothing is reused."""
+    from swaa_engine.config import CacheConfig, EngineConfig
+    from swaa_engine.engine import LLMEngine
+    from swaa_server.app import ServerConfig
+    from swaa_server.cli import build_parser, engine_config_from_args
+    from tests.server.conftest import running_server
+
+    assert engine_config_from_args(build_parser().parse_args(["serve", "--no-prefix-cache"])).cache.prefix_caching is False
+    system = [(7 * i) % 300 + 1 for i in range(40)]
+    for enabled in (True, False):
+        engine = LLMEngine(EngineConfig(model=tiny_qwen3[0], max_model_len=256,
+                                        cache=CacheConfig(block_size=8, prefix_caching=enabled)))
+        with running_server(engine, ServerConfig(port=0, grace_s=2, metrics_port=0)) as s, Client(s.target) as c:
+            a = c.generate(system + [5, 6, 7], max_tokens=4, ignore_eos=True)
+            b = c.generate(system + [8, 9], max_tokens=4, ignore_eos=True)
+            info = c.model_info().prefix_cache
+            body = urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=5).read().decode()
+        assert a.usage.cached_tokens == 0 and b.usage.cached_tokens == (40 if enabled else 0)
+        assert info.enabled is enabled
+        if enabled:
+            assert (info.queried_tokens, info.hit_tokens) == (43 + 42, 40) and 0.45 < info.hit_rate < 0.48
+            assert "swaa_prefix_cache_hit_tokens_total 40.0" in body

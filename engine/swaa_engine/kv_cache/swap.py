@@ -67,9 +67,9 @@ class HostSwap:
         """Device copies from ring ``src`` to ring ``dst`` in every ring layer, in order (prefix-cache snapshots)."""
         if not pairs or not self.layers[CacheKind.RING]:
             return
+        one_pass = not {b for _, b in pairs} & {a for a, _ in pairs}  # else a later copy reads an earlier one's output
         src = torch.tensor([a for a, _ in pairs], dtype=torch.long, device=self.device)
         dst = torch.tensor([b for _, b in pairs], dtype=torch.long, device=self.device)
-        one_pass = len(set(dst.tolist()) & set(src.tolist())) == 0  # else a later copy reads an earlier one's output
         for layer in self.layers[CacheKind.RING]:
             for kv in self.caches[layer]:
                 if one_pass:

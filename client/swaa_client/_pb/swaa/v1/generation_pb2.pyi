@@ -243,12 +243,14 @@ class LayerInfo(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., attention: _Optional[_Union[AttentionKind, str]] = ..., cache: _Optional[_Union[CacheKind, str]] = ...) -> None: ...
 
 class PoolUsage(_message.Message):
-    __slots__ = ("used", "total")
+    __slots__ = ("used", "total", "cached")
     USED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     used: int
     total: int
-    def __init__(self, used: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    cached: int
+    def __init__(self, used: _Optional[int] = ..., total: _Optional[int] = ..., cached: _Optional[int] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("index", "ready", "paged", "ring", "running", "waiting", "restarts")
@@ -269,7 +271,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, index: _Optional[int] = ..., ready: _Optional[bool] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size", "replicas", "replicas_ready", "cache_bytes", "cache_budget", "preemptions")
+    __slots__ = ("model", "architecture", "max_context", "swaa", "layers", "block_size", "paged", "ring", "vocab_size", "replicas", "replicas_ready", "cache_bytes", "cache_budget", "preemptions", "prefix_cache")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +286,7 @@ class ModelInfo(_message.Message):
     CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_BUDGET_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     model: str
     architecture: str
     max_context: int
@@ -298,7 +301,18 @@ class ModelInfo(_message.Message):
     cache_bytes: int
     cache_budget: str
     preemptions: Preemptions
-    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., replicas_ready: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., cache_budget: _Optional[str] = ..., preemptions: _Optional[_Union[Preemptions, _Mapping]] = ...) -> None: ...
+    prefix_cache: PrefixCache
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., swaa: _Optional[_Union[SWAA, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., block_size: _Optional[int] = ..., paged: _Optional[_Union[PoolUsage, _Mapping]] = ..., ring: _Optional[_Union[PoolUsage, _Mapping]] = ..., vocab_size: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., replicas_ready: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., cache_budget: _Optional[str] = ..., preemptions: _Optional[_Union[Preemptions, _Mapping]] = ..., prefix_cache: _Optional[_Union[PrefixCache, _Mapping]] = ...) -> None: ...
+
+class PrefixCache(_message.Message):
+    __slots__ = ("enabled", "queried_tokens", "hit_tokens")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    QUERIED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    queried_tokens: int
+    hit_tokens: int
+    def __init__(self, enabled: _Optional[bool] = ..., queried_tokens: _Optional[int] = ..., hit_tokens: _Optional[int] = ...) -> None: ...
 
 class Preemptions(_message.Message):
     __slots__ = ("total", "swapped", "swapped_bytes", "recomputed", "recomputed_tokens", "swap_used_bytes", "swap_total_bytes")
