@@ -391,7 +391,8 @@ class LLMEngine:
                 if req.scheduled_at is None:
                     req.scheduled_at = now
                 if c.samples:
-                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else []))
+                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else [],
+                                          c.seq.request_id))
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
@@ -420,7 +421,8 @@ class LLMEngine:
             for i, c in enumerate(sampled):
                 req = self._requests.get(c.seq.request_id)
                 if req is None or c.seq.finished:
-                    continue  # aborted while the step ran
+                    self.runner.forget(c.seq.request_id)  # aborted while the step ran (which may have sampled it again)
+                    continue
                 emitted.append(self._accept(req, result.token_ids[i], result.logprobs[i], now))
             # where a replica's time goes: mean step time = step_seconds / steps (exported per replica)
             self.steps += 1
@@ -480,6 +482,7 @@ class LLMEngine:
         seq = req.seq
         self._requests.pop(seq.request_id, None)
         self.swapper.drop(seq.request_id)
+        self.runner.forget(seq.request_id)
         chunk.text += req.detok.finish() if req.detok else ""
         chunk.finished = True
         chunk.finish_reason = seq.finish_reason
