@@ -21,6 +21,7 @@ class ModelRunner:
         self.step_kinds = {"prefill": 0, "mixed": 0, "decode": 0, "graph": 0}
         self.presence: TokenPresence | None = None  # seen tokens per request (repetition penalty), made on first use
 
+    @torch.inference_mode()  # the logits are inference tensors: changing them in place needs the same mode
     def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
         if self.presence is None and any(r.params.repetition_penalty != 1.0 for r in rows):
             self.presence = TokenPresence(logits.shape[1], logits.device)

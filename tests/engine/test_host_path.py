@@ -50,3 +50,25 @@ def test_cache_writes_equal_the_per_token_definition(seed, decodes, chunks, page
         assert (a is None) == (b is None)
         if a is not None:
             assert a.tolist() == b
+
+
+def test_repetition_penalty_through_the_engine_equals_transformers(tiny_qwen3):
+    """The presence table kept across steps (and the penalty applied in place on the step's logits) decodes what
+    transformers' own repetition penalty does over prompt + generated tokens; logprobs come with every token."""
+    import torch
+
+    from swaa_engine import LLM, SamplingParams, SWAAConfig
+
+    folder, hf = tiny_qwen3
+    prompts = [[(5 * i + 3 * j) % 40 + 1 for j in range(n)] for i, n in enumerate((9, 23, 14))]
+    llm = LLM(folder, swaa=SWAAConfig(), max_model_len=128)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=16, ignore_eos=True, repetition_penalty=1.8, logprobs=2))
+    for p, o in zip(prompts, outs):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                              repetition_penalty=1.8, pad_token_id=0)[0, len(p):].tolist()
+        assert o.token_ids == ref
+        assert len(o.logprobs) == 16 and all(len(lp.top) == 2 for lp in o.logprobs)
+    plain = llm.generate(prompts[:1], SamplingParams(max_tokens=16, ignore_eos=True))[0].token_ids
+    assert plain != outs[0].token_ids  # the penalty changed something here
+    assert llm.engine.cache.is_idle() and not llm.engine.runner.presence._rows  # every row given back
