@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator, Protocol
 
-from swaa_engine.engine import LLMEngine, Prompt, StepError
+from swaa_engine.engine import EngineUnavailableError, LLMEngine, Prompt, StepError
 from swaa_engine.intake import check_request_id
 from swaa_engine.outputs import StreamChunk, take_ready
 from swaa_engine.sampling_params import RequestIdInUseError, SamplingParams
@@ -34,6 +34,9 @@ class EngineDeadError(RuntimeError):
     """The engine loop failed; the request cannot complete."""
 
 
+__all__ = ["AsyncEngine", "EngineDeadError", "EngineUnavailableError", "Listener"]
+
+
 class Listener(Protocol):
     """Observes requests (metrics, logs). ``on_finish`` runs on the engine thread: keep it cheap."""
 
@@ -43,8 +46,11 @@ class Listener(Protocol):
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, listeners: tuple[Listener, ...] = (), intake_workers: int = 2):
-        """``intake_workers``: threads that tokenize prompts (each holds at most one prompt's tokenization)."""
+    def __init__(self, engine: LLMEngine, listeners: tuple[Listener, ...] = (), intake_workers: int = 2,
+                 on_dead=None):
+        """``intake_workers``: threads that tokenize prompts (each holds at most one prompt's tokenization).
+        ``on_dead(reason)``: called once, on the engine thread, when the engine is marked dead (``LLMEngine.dead``);
+        its streams have ended with ``EngineUnavailableError`` and new requests are refused with it."""
         if intake_workers < 1:
             raise ValueError(f"intake_workers: must be >= 1, got {intake_workers}")
         self.engine = engine
@@ -57,10 +63,16 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._stop = False
         self.error: BaseException | None = None
+        self._on_dead = on_dead
         self._thread = threading.Thread(target=self._loop, name="swaa-engine", daemon=True)
         self._thread.start()
 
     # -- engine thread ----------------------------------------------------------------------
+    @property
+    def dead(self) -> str | None:
+        """Why the engine is dead (None while it serves)."""
+        return self.engine.dead
+
     def _loop(self) -> None:
         while not self._stop:
             if not self.engine.has_work():
@@ -71,9 +83,13 @@ class AsyncEngine:
                 chunks = self.engine.step()
             except StepError as e:  # only that step's requests fail; the engine and the other requests go on
                 log.error("engine step failed; ending its requests", exc_info=e.cause, extra={"request_ids": e.request_ids})
+                error = EngineDeadError(str(e)) if e.dead is None else EngineUnavailableError(f"the engine is dead: {e.dead}")
                 for rid, final in zip(e.request_ids, e.final_chunks):
                     self._notify_finish(final)
-                    self._deliver(rid, EngineDeadError(str(e)))
+                    self._deliver(rid, error)
+                if e.dead is not None:
+                    self._die(e.dead)
+                    return
                 continue
             except BaseException as e:  # deliver to every waiter instead of hanging them
                 log.exception("engine step failed")
@@ -84,6 +100,18 @@ class AsyncEngine:
                 continue
             for c in chunks:
                 self._deliver(c.request_id, c)
+
+    def _die(self, reason: str) -> None:
+        """The engine is dead: streams still open (a prompt was being tokenized) end with the error; stop stepping."""
+        log.critical("engine dead: %s", reason)
+        for rid in list(self._queues):
+            self._notify_finish(self.engine.abort(rid))
+            self._deliver(rid, EngineUnavailableError(f"the engine is dead: {reason}"))
+        if self._on_dead is not None:
+            try:
+                self._on_dead(reason)
+            except Exception:
+                log.exception("on_dead failed")
 
     def _notify_finish(self, chunk: StreamChunk | None) -> None:
         if chunk is None or not chunk.finished:
@@ -118,6 +146,8 @@ class AsyncEngine:
         return self._drain(rid, q)
 
     async def _open(self, prompt, params, request_id) -> tuple[str, asyncio.Queue]:
+        if self.engine.dead is not None:
+            raise EngineUnavailableError(f"the engine is dead: {self.engine.dead}")
         check_request_id(request_id)
         if request_id is not None and request_id in self._queues:
             raise RequestIdInUseError(request_id)

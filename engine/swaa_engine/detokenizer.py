@@ -3,9 +3,14 @@
 Text is emitted only once it is final: never a broken UTF-8 sequence (the tokenizer shows those
 as U+FFFD until the rest of the bytes arrive), and never the start of what may become a stop
 string. A matched stop string ends the request and is not part of the text.
+
+Fast tokenizers decode through ``tokenizers``' own ``DecodeStream`` (one incremental step per token); others
+decode the last few tokens twice per token (with and without the new one).
 """
 
 from __future__ import annotations
+
+from tokenizers.decoders import DecodeStream
 
 REPLACEMENT = "\ufffd"
 
@@ -24,12 +29,22 @@ class IncrementalDetokenizer:
         self.stop = stop
         self.max_stop = max((len(s) for s in stop), default=0)
         self.matched_stop: str | None = None
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        # prompt tokens as context, as above; skip_special_tokens as in _decode (no clean-up either way)
+        self._stream = DecodeStream(ids=list(self.ids), skip_special_tokens=True) if self._backend is not None else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def add(self, token_id: int) -> None:
         if self.matched_stop is not None:
+            return
+        if self._stream is not None:
+            piece = self._stream.step(self._backend, token_id)  # None until the bytes form whole characters
+            if piece:
+                start = len(self.text)
+                self.text += piece
+                self._find_stop(start)
             return
         self.ids.append(token_id)
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
@@ -72,8 +87,13 @@ class IncrementalDetokenizer:
     def _held_back(self) -> int:
         """Length of the longest tail of the text that a stop string could still start with."""
         tail = self.text[-(self.max_stop - 1) :] if self.max_stop > 1 else ""
-        for n in range(len(tail), 0, -1):
-            piece = tail[-n:]
-            if any(s.startswith(piece) for s in self.stop):
-                return n
-        return 0
+        held = 0
+        for s in self.stop:
+            # only where the stop's first character occurs can a prefix of it start (usually nowhere: one find)
+            i = tail.find(s[0])
+            while i != -1 and len(tail) - i > held:
+                if s.startswith(tail[i:]):
+                    held = len(tail) - i
+                    break
+                i = tail.find(s[0], i + 1)
+        return held

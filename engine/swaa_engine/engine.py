@@ -85,14 +85,27 @@ class EngineLoad:
     prefix: dict = field(default_factory=dict)  # the fields of swaa.v1.PrefixCache (enabled, queried/hit tokens)
 
 
+# A step that raises ends its own requests and the engine goes on; when the next step raises too (or the device
+# probe after a failure raises), the fault is not in those requests but in the engine or the device (a sticky CUDA
+# error fails every later kernel): the engine is then dead, and only a new process can recover.
+DEAD_AFTER_FAILED_STEPS = 2
+
+
 class StepError(RuntimeError):
-    """A step raised: the requests in it (``request_ids``) were ended and their slots freed; the rest go on."""
+    """A step raised: the requests in it (``request_ids``) were ended and their slots freed; the rest go on,
+    unless ``dead`` is set (the reason the engine is now dead: see ``LLMEngine.dead``)."""
 
     def __init__(self, request_ids: list[str], cause: BaseException):
         super().__init__(f"engine step failed: {cause!r}")
         self.request_ids = request_ids
         self.cause = cause
         self.final_chunks: list[StreamChunk] = []
+        self.dead: str | None = None
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine is dead (its device failed): it takes no more requests (the server answers UNAVAILABLE and
+    exits, so that the orchestrator restarts it)."""
 
 
 @dataclass
@@ -190,6 +203,8 @@ class LLMEngine:
         self._seed_rng = random.Random(config.seed)
         self.steps = 0
         self.step_seconds = 0.0
+        self._failed_steps = 0  # consecutive steps that raised
+        self.dead: str | None = None  # why the engine is dead (set once, never cleared)
         self.load = EngineLoad()
         self._publish()
 
@@ -340,6 +355,8 @@ class LLMEngine:
         self.validate(ids, params)
         rid = request_id or uuid.uuid4().hex
         with self._lock:
+            if self.dead is not None:
+                raise EngineUnavailableError(f"the engine is dead: {self.dead}")
             if rid in self._requests:
                 raise RequestIdInUseError(rid)
             if params.seed is None and not params.greedy:
@@ -392,7 +409,8 @@ class LLMEngine:
                 if req.scheduled_at is None:
                     req.scheduled_at = now
                 if c.samples:
-                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else []))
+                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else [],
+                                          c.seq.request_id))
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
@@ -403,8 +421,15 @@ class LLMEngine:
                 err = StepError([c.seq.request_id for c in chunks if not c.seq.finished], e)
                 for rid in err.request_ids:
                     err.final_chunks.append(self.abort(rid))
+                self._failed_steps += 1
+                err.dead = self._check_failure(e)
+                if err.dead is not None:  # every other request ends too
+                    for rid in list(self._requests):
+                        err.request_ids.append(rid)
+                        err.final_chunks.append(self.abort(rid))
             raise err from e
         with self._lock:
+            self._failed_steps = 0
             self._in_step = set()
             self.scheduler.release_deferred()
             self.scheduler.advance(out)
@@ -414,13 +439,36 @@ class LLMEngine:
             for i, c in enumerate(sampled):
                 req = self._requests.get(c.seq.request_id)
                 if req is None or c.seq.finished:
-                    continue  # aborted while the step ran
+                    self.runner.forget(c.seq.request_id)  # aborted while the step ran (which may have sampled it again)
+                    continue
                 emitted.append(self._accept(req, result.token_ids[i], result.logprobs[i], now))
             # where a replica's time goes: mean step time = step_seconds / steps (exported per replica)
             self.steps += 1
             self.step_seconds += now - t0
             self._publish()
             return emitted
+
+    def _check_failure(self, cause: BaseException) -> str | None:
+        """After a step raised (under the lock): probe the device; if the probe fails or this is the
+        ``DEAD_AFTER_FAILED_STEPS``-th failed step in a row, mark the engine dead and return the reason; else None
+        (the engine goes on)."""
+        reason = None
+        try:
+            self.probe_device()
+        except Exception as probe_error:
+            reason = f"the device probe after a failed step raised {probe_error!r} (step: {cause!r})"
+        if reason is None and self._failed_steps >= DEAD_AFTER_FAILED_STEPS:
+            reason = f"{self._failed_steps} steps in a row raised, the last: {cause!r}"
+        if reason is not None:
+            self.dead = reason
+        return reason
+
+    def probe_device(self) -> None:
+        """A tiny kernel and a read back: raises if the device is broken (a sticky CUDA error raises here too)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if torch.ones(1, device=self.device).add_(1).item() != 2.0:
+            raise RuntimeError(f"the device {self.device} computed 1 + 1 wrongly")
 
     def _accept(self, req: _Request, token: int, lp, now: float) -> StreamChunk:
         seq, p = req.seq, req.seq.params
@@ -452,6 +500,7 @@ class LLMEngine:
         seq = req.seq
         self._requests.pop(seq.request_id, None)
         self.swapper.drop(seq.request_id)
+        self.runner.forget(seq.request_id)
         chunk.text += req.detok.finish() if req.detok else ""
         chunk.finished = True
         chunk.finish_reason = seq.finish_reason

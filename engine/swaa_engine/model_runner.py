@@ -6,7 +6,7 @@ import torch
 
 from swaa_engine.attention.base import AttentionBackend, StepEntry, StepLayout
 from swaa_engine.models.llama import AttentionContext, LlamaFamilyModel
-from swaa_engine.sampler import SampleResult, SampleRow, sample
+from swaa_engine.sampler import SampleResult, SampleRow, TokenPresence, sample, upload
 from swaa_engine.scheduler import Chunk
 from swaa_engine.swaa import LayerSpec
 
@@ -19,6 +19,18 @@ class ModelRunner:
         self.graphs = None  # a DecodeGraphs when decode steps replay CUDA graphs
         # steps run, by kind: prefill (chunks only), mixed (decodes and chunks), decode, graph (decodes replayed)
         self.step_kinds = {"prefill": 0, "mixed": 0, "decode": 0, "graph": 0}
+        self.presence: TokenPresence | None = None  # seen tokens per request (repetition penalty), made on first use
+
+    @torch.inference_mode()  # the logits are inference tensors: changing them in place needs the same mode
+    def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
+        if self.presence is None and any(r.params.repetition_penalty != 1.0 for r in rows):
+            self.presence = TokenPresence(logits.shape[1], logits.device)
+        return sample(logits, rows, self.presence, inplace=True)  # this step's logits, read by nobody else
+
+    def forget(self, request_id: str) -> None:
+        """A request ended: its sampling state goes (any thread)."""
+        if self.presence is not None:
+            self.presence.drop(request_id)
 
     def use_graphs(self, graphs) -> None:
         graphs.capture()
@@ -44,8 +56,8 @@ class ModelRunner:
             ids.extend(c.seq.token_ids[c.start : c.end])
             pos.extend(range(c.start, c.end))
         meta = self.backend.prepare(self.layout(chunks))
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        positions = torch.tensor(pos, dtype=torch.long, device=self.device)
+        input_ids = upload(ids, torch.long, self.device)  # pinned and asynchronous on CUDA
+        positions = upload(pos, torch.long, self.device)
         return self.model(input_ids, positions, AttentionContext(self.backend, meta, self.caches, self.specs))
 
     def execute(self, chunks: list[Chunk], rows: list[SampleRow]) -> SampleResult | None:
@@ -56,7 +68,7 @@ class ModelRunner:
             self.step_kinds["graph"] += 1
             logits = g.run([c.seq.token_ids[c.start] for c in chunks], [c.start for c in chunks],
                            [c.seq.block_table for c in chunks], [c.seq.ring for c in chunks])
-            return sample(logits, rows)
+            return self._sample(logits, rows)
         self.step_kinds["decode" if decodes == len(chunks) else "mixed" if decodes else "prefill"] += 1
         last, t = [], 0
         for c in chunks:
@@ -66,5 +78,5 @@ class ModelRunner:
         hidden = self.hidden(chunks)
         if not last:
             return None
-        logits = self.model.logits(hidden[torch.tensor(last, device=self.device)])
-        return sample(logits, rows)
+        logits = self.model.logits(hidden[upload(last, torch.long, self.device)])
+        return self._sample(logits, rows)

@@ -8,6 +8,7 @@ whatever else is in the batch. Filters run on sorted probabilities: top-k, top-p
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,72 @@ from swaa_engine.sampling_params import SamplingParams
 class SampleRow:
     params: SamplingParams
     rng: random.Random | None  # None when greedy
-    history: list[int]  # prompt + generated, for the repetition penalty
+    history: list[int]  # prompt + generated, for the repetition penalty (only ever appended to)
+    key: str | None = None  # the request's id: its presence row in a TokenPresence is kept across steps
+
+
+def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list on ``device`` in one copy: pinned and asynchronous on CUDA (the copy overlaps the host's next
+    work), a plain tensor elsewhere."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+class TokenPresence:
+    """Which tokens each request has seen (prompt and generated), as one bool row per request on the device, kept
+    incrementally: a row is filled from the whole history once, then each step scatters only the tokens appended
+    since (one upload for the batch), instead of rebuilding a sorted set over the context per row per step.
+
+    ``drop`` (any thread) frees a finished request's row; rows are reused, the table doubles when full."""
+
+    def __init__(self, vocab: int, device: torch.device, capacity: int = 8):
+        self.vocab, self.device = vocab, device
+        self.table = torch.zeros(capacity, vocab, dtype=torch.bool, device=device)
+        self._rows: dict[str, list[int]] = {}  # key -> [row, tokens of its history already in the row]
+        self._free = list(range(capacity - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            entry = self._rows.pop(key, None)
+            if entry is not None:
+                self._free.append(entry[0])
+
+    def rows(self, rows: list[SampleRow]) -> torch.Tensor:
+        """``[len(rows), vocab]`` presence of each row's history (rows without a key get a row for this call)."""
+        with self._lock:
+            slots, fresh, new_rows, new_toks, temp = [], [], [], [], []
+            for r in rows:
+                key = r.key if r.key is not None else object()
+                entry = self._rows.get(key)
+                if entry is None:
+                    entry = self._rows[key] = [self._take(), 0]
+                    fresh.append(entry[0])
+                    if r.key is None:
+                        temp.append(key)
+                hist = r.history
+                for t in hist[entry[1]:]:
+                    if t < self.vocab:
+                        new_rows.append(entry[0])
+                        new_toks.append(t)
+                entry[1] = len(hist)
+                slots.append(entry[0])
+            if fresh:
+                self.table[upload(fresh, torch.long, self.device)] = False
+            if new_rows:
+                self.table[upload(new_rows, torch.long, self.device), upload(new_toks, torch.long, self.device)] = True
+            out = self.table[upload(slots, torch.long, self.device)]
+            for key in temp:
+                self._free.append(self._rows.pop(key)[0])
+            return out
+
+    def _take(self) -> int:
+        if not self._free:
+            n = self.table.shape[0]
+            self.table = torch.cat([self.table, torch.zeros_like(self.table)])
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        return self._free.pop()
 
 
 @dataclass
@@ -33,19 +99,34 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(min=info.min, max=info.max)
 
 
-def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
-    """``logits`` is ``[len(rows), vocab]`` float32."""
+def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence | None = None,
+           inplace: bool = False) -> SampleResult:
+    """``logits`` is ``[len(rows), vocab]`` float32. ``presence``: the requests' seen tokens kept across steps (the
+    engine's); without it, the penalized rows' histories are read whole for this call. ``inplace``: the caller
+    gives ``logits`` up (the penalty then changes them without a copy)."""
     n, vocab = logits.shape
     raw = logits
-    if any(r.params.repetition_penalty != 1.0 for r in rows):
-        logits = logits.clone()
-        for i, r in enumerate(rows):
-            pen = r.params.repetition_penalty
-            if pen != 1.0 and r.history:
-                ids = torch.tensor(sorted(set(t for t in r.history if t < vocab)), dtype=torch.long, device=logits.device)
-                sel = logits[i, ids]
-                logits[i, ids] = torch.where(sel > 0, sel / pen, sel * pen)
-        logits = _finite(logits)  # a penalty near 0 can overflow a logit to ±inf
+    want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    # logprobs are of the raw logits: taken before the penalty, which then changes the logits in place
+    logp = torch.log_softmax(raw if len(want) == n else raw[want], dim=-1) if want else None
+    penalized = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0 and r.history]
+    if penalized:
+        presence = presence if presence is not None and presence.vocab == vocab else TokenPresence(vocab, logits.device, len(penalized))
+        seen = presence.rows([rows[i] for i in penalized])
+        pen = torch.tensor([rows[i].params.repetition_penalty for i in penalized], dtype=logits.dtype, device=logits.device)
+        idx = torch.tensor(penalized, dtype=torch.long, device=logits.device)
+        logits = logits if inplace else logits.clone()
+        if logits.device.type == "cuda":
+            # dense over the vocabulary: a few passes cost microseconds on a GPU, and nonzero would sync the host
+            sub, pen = logits[idx], pen[:, None]
+            logits[idx] = torch.where(seen, _finite(torch.where(sub > 0, sub / pen, sub * pen)), sub)
+        else:
+            # only the seen (row, token) pairs: a few hundred per row, where each pass over the vocabulary costs
+            # milliseconds on a CPU
+            j, tok = seen.nonzero(as_tuple=True)
+            row, pen = idx[j], pen[j]
+            sel = logits[row, tok]
+            logits[row, tok] = _finite(torch.where(sel > 0, sel / pen, sel * pen))  # a penalty near 0 can overflow
 
     chosen = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
@@ -73,13 +154,16 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
 
     token_ids = chosen.tolist()
     lps: list = [None] * n
-    want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     if want:
-        logp = torch.log_softmax(raw[want], dim=-1)
+        picked = chosen if len(want) == n else chosen[torch.tensor(want, device=chosen.device)]
         kmax = max(rows[i].params.logprobs for i in want)
-        top_v, top_i = logp.topk(kmax, dim=-1) if kmax else (None, None)
+        # everything the host needs in one transfer: the chosen token's logprob, then the top-k values and ids
+        parts = [logp.gather(1, picked[:, None])]
+        if kmax:
+            top_v, top_i = logp.topk(kmax, dim=-1)
+            parts += [top_v, top_i.to(logp.dtype)]  # ids < 2^24: exact in float32 (and in float64 below)
+        host = torch.cat(parts, dim=1).double().tolist()
         for j, i in enumerate(want):
-            k = rows[i].params.logprobs
-            top = list(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist())) if k else []
-            lps[i] = (float(logp[j, token_ids[i]]), top)
+            k, row = rows[i].params.logprobs, host[j]
+            lps[i] = (row[0], list(zip(map(int, row[1 + kmax : 1 + kmax + k]), row[1 : 1 + k])))
     return SampleResult(token_ids, lps)

@@ -25,6 +25,8 @@ from swaa_server.telemetry import Metrics, RequestLog
 log = structlog.get_logger("swaa.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+# `swaa serve`'s exit status when its engine died (LLMEngine.dead): non-zero, so that the orchestrator restarts it
+EXIT_ENGINE_DEAD = 3
 
 
 def engine_summary(engine: LLMEngine) -> dict:
@@ -37,8 +39,11 @@ def engine_summary(engine: LLMEngine) -> dict:
 
 
 async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, engine: LLMEngine | None = None, replicas=None) -> None:
-    """``replicas`` (a ``replicas.ReplicaConfig``): run the engines as Ray actors behind this front end."""
+                stop: asyncio.Event | None = None, engine: LLMEngine | None = None, replicas=None) -> int:
+    """``replicas`` (a ``replicas.ReplicaConfig``): run the engines as Ray actors behind this front end.
+
+    Returns the process exit status: 0 after a stop (signal or ``stop``), ``EXIT_ENGINE_DEAD`` when the engine
+    died (health NOT_SERVING at once, new calls UNAVAILABLE, then the same drain as SIGTERM)."""
     sc = server_config
     servicer = GenerationServicer()  # registered before start; answers UNAVAILABLE until the engine is ready
     # outermost first: an unauthenticated caller learns nothing, not even that its message was malformed;
@@ -64,6 +69,16 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
 
     loop = asyncio.get_running_loop()
     draining = False
+    stop = stop or asyncio.Event()
+    dead: list[str] = []  # why the engine died, once it has
+
+    def on_dead(reason: str) -> None:  # the engine thread: hand over to the loop
+        def mark() -> None:
+            dead.append(reason)
+            log.error("engine.dead", reason=reason, exit_status=EXIT_ENGINE_DEAD)
+            stop.set()
+
+        loop.call_soon_threadsafe(mark)
 
     def set_health(serving: bool) -> list[asyncio.Task]:
         if draining:  # after SIGTERM the service stays NOT_SERVING
@@ -97,7 +112,7 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
             log.info("engine.warmed_up", seconds=round(time.monotonic() - t0, 2),
                      steps={k: v for k, v in warm.items() if k != "seconds"} or "none needed off CUDA")
             metrics = Metrics()
-            front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log)))
+            front = LocalFrontend(AsyncEngine(engine, listeners=(metrics, request_log), on_dead=on_dead))
             metrics.watch(front.loads)
     except BaseException:
         await server.stop(0)  # a config error must end the process cleanly, not leave a half-open server
@@ -117,7 +132,6 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
         ready.engine = front
         ready.set()
 
-    stop = stop or asyncio.Event()
     signals: list[int] = []
 
     def on_signal(sig: int) -> None:
@@ -139,10 +153,11 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
         draining = True
         # SIGTERM comes from an orchestrator: say NOT_SERVING but keep serving for the drain delay, so readiness
         # probes and load balancers take this server out before it refuses anything. Ctrl-C or a programmatic
-        # stop skips the delay.
-        delay = sc.drain_delay_s if signals[:1] == [signal.SIGTERM] else 0.0
+        # stop skips the delay. A dead engine drains like SIGTERM: balancers take the server out while it answers
+        # UNAVAILABLE (retryable), then it exits non-zero and is restarted.
+        delay = sc.drain_delay_s if signals[:1] == [signal.SIGTERM] or dead else 0.0
         await asyncio.gather(*(health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING) for name in ("", SERVICE)))
-        log.info("server.draining", drain_delay_s=delay, grace_s=sc.grace_s, running=running())
+        log.info("server.draining", drain_delay_s=delay, grace_s=sc.grace_s, running=running(), engine_dead=dead[0] if dead else None)
         if delay:
             await asyncio.sleep(delay)
             log.info("server.refusing_new_calls", grace_s=sc.grace_s, running=running())
@@ -151,4 +166,5 @@ async def serve(engine_config: EngineConfig, server_config: ServerConfig, ready:
     finally:
         front.shutdown()
         metrics.close()
-        log.info("server.stopped")
+        log.info("server.stopped", exit_status=EXIT_ENGINE_DEAD if dead else 0)
+    return EXIT_ENGINE_DEAD if dead else 0

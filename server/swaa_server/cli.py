@@ -307,8 +307,8 @@ def cmd_serve(args) -> int:
     configure_logging(args.log_format, args.log_level)
     server_config = server_config_from_args(args)
     config = engine_config_from_args(args)
-    asyncio.run(serve(config, server_config, replicas=replica_config_from_args(args)))
-    return 0
+    # non-zero when the engine died (app.EXIT_ENGINE_DEAD): the orchestrator restarts the process
+    return asyncio.run(serve(config, server_config, replicas=replica_config_from_args(args)))
 
 
 def replica_config_from_args(args):

@@ -58,9 +58,19 @@ class EngineReplica:
         self.engine = LLMEngine(config)
         self.engine.warmup()  # kernels compile before the replica reports ready
         self.engine.prompt_bounds  # noqa: B018 — computed now (a pass over the vocabulary), not on a request
-        self.front = AsyncEngine(self.engine)
+        self.front = AsyncEngine(self.engine, on_dead=self._exit_dead)
         self._outbox: asyncio.Queue | None = None
         self._tasks: dict[str, asyncio.Task] = {}
+
+    def _exit_dead(self, reason: str) -> None:
+        """The engine died (its device failed): end this actor's process so that Ray restarts it, after a moment for
+        the streams' errors to reach the router (the router ends whatever did not as UNAVAILABLE anyway)."""
+        import threading
+
+        from swaa_server.app import EXIT_ENGINE_DEAD
+
+        log.critical("replica %d: engine dead (%s); exiting for a restart", self.index, reason)
+        threading.Timer(1.0, os._exit, (EXIT_ENGINE_DEAD,)).start()
 
     def _box(self) -> asyncio.Queue:
         if self._outbox is None:  # created on the actor's event loop

@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
-from swaa_engine.async_engine import EngineDeadError
+from swaa_engine.async_engine import EngineDeadError, EngineUnavailableError
 from swaa_engine.intake import request_id_problem
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError
 from swaa_engine.scheduler import QueueFullError
@@ -40,12 +40,13 @@ async def _abort_with(context, e: Exception, request_id: str = ""):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     if isinstance(e, EngineDeadError):
         await context.abort(grpc.StatusCode.INTERNAL, str(e))
-    if isinstance(e, ReplicaUnavailableError):
+    if isinstance(e, (ReplicaUnavailableError, EngineUnavailableError)):
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
     raise e
 
 
-_EXPECTED = (InvalidRequestError, RequestIdInUseError, QueueFullError, EngineDeadError, ReplicaUnavailableError)
+_EXPECTED = (InvalidRequestError, RequestIdInUseError, QueueFullError, EngineDeadError, ReplicaUnavailableError,
+             EngineUnavailableError)
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
@@ -80,6 +81,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 yield convert.chunk_pb(chunk)
         except EngineDeadError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        except EngineUnavailableError as e:  # the engine died mid-stream: this server is going away, retry elsewhere
+            log.info("request.engine_dead", request_id=rid, reason=str(e))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except ReplicaUnavailableError as e:  # its replica died mid-stream: retryable, the client knows how far it got
             log.info("request.replica_lost", request_id=rid, reason=str(e))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))

@@ -147,3 +147,51 @@ def test_overflowing_penalty_still_samples_the_dominant_token():
     picks = {sample(logits, [row(seed=s, temperature=1.0, repetition_penalty=1e-39, history=[42, 7])]).token_ids[0]
              for s in range(20)}
     assert picks == {42}
+
+
+def _penalized_reference(logits, history, pen):
+    """The repetition penalty read from the whole history (what every step did before presence was kept)."""
+    out = logits.clone()
+    for i, hist in enumerate(history):
+        ids = torch.tensor(sorted(set(hist)), dtype=torch.long)
+        if len(ids):
+            sel = out[i, ids]
+            out[i, ids] = torch.where(sel > 0, sel / pen[i], sel * pen[i])
+    return out
+
+
+def test_presence_kept_across_steps_equals_reading_the_whole_history():
+    """Requests come and go (rows reused, the table grows from 2); every step's tokens and logprobs equal those of
+    the whole-history penalty, and the caller's logits are left as they were unless given up (``inplace``)."""
+    from swaa_engine.sampler import TokenPresence
+
+    g = torch.Generator().manual_seed(0)
+    vocab, presence = 50, TokenPresence(50, torch.device("cpu"), capacity=2)
+    live: dict[str, list[int]] = {}
+    pens = {}
+    for step in range(40):
+        if step % 3 == 0 and len(live) < 6:  # a newcomer with a prompt
+            key = f"r{step}"
+            live[key] = torch.randint(0, vocab, (5,), generator=g).tolist()
+            pens[key] = [1.3, 0.7, 2.0][step % 3 if step % 2 else 1]
+        if step % 7 == 6:  # one finishes: its row goes back
+            gone = sorted(live)[0]
+            live.pop(gone)
+            presence.drop(gone)
+        keys = sorted(live)
+        rows = [SampleRow(SamplingParams(repetition_penalty=pens[k], logprobs=2), None, live[k], k) for k in keys]
+        logits = torch.randn(len(keys), vocab, generator=g) * 4
+        before = logits.clone()
+        got = sample(logits, rows, presence, inplace=step % 2 == 0)
+        if step % 2:
+            assert torch.equal(logits, before)
+        want = _penalized_reference(before, [live[k] for k in keys], [pens[k] for k in keys])
+        assert got.token_ids == want.argmax(-1).tolist()
+        assert got.token_ids == sample(before.clone(), [SampleRow(r.params, None, list(r.history)) for r in rows]).token_ids
+        ref_lp = before.log_softmax(-1)
+        for i, (lp, top) in enumerate(got.logprobs):  # of the raw logits, as before
+            assert lp == pytest.approx(float(ref_lp[i, got.token_ids[i]]), abs=1e-6)
+            assert [t for t, _ in top] == ref_lp[i].topk(2).indices.tolist()
+        for k, t in zip(keys, got.token_ids):
+            live[k].append(t)
+    assert presence.table.shape[0] >= 6 and len(presence._rows) == len(live)

@@ -7,7 +7,7 @@ import pytest
 
 from swaa_engine.async_engine import AsyncEngine, EngineDeadError
 from swaa_engine.config import CacheConfig, SchedulerConfig
-from swaa_engine.engine import LLM, StepError
+from swaa_engine.engine import LLM, EngineUnavailableError, StepError
 from swaa_engine.sampling_params import SamplingParams
 from swaa_engine.swaa import canonical_configs
 
@@ -112,3 +112,113 @@ def test_async_streams_of_a_failed_step_end_with_an_error_and_others_finish(tiny
         ae.shutdown()
     assert chunks[-1].finished and sum(len(c.token_ids) for c in chunks) == 12
     assert e.cache.is_idle()
+
+
+def test_a_runner_raising_on_the_kth_step_only_leaves_the_engine_serving(tiny_qwen3):
+    """Requests waiting or decoding outside the failed step finish with a clean run's tokens; the engine is not
+    marked dead by one failure (the probe passes and the next step succeeds)."""
+    want = clean_run(tiny_qwen3[0], "swa+sinks")
+    e = engine(tiny_qwen3[0], "swa+sinks")
+    ids = [e.add_request(p, PARAMS) for p in PROMPTS]
+    execute, calls, failed = e.runner.execute, [0], []
+
+    def fail_kth(chunks, rows):
+        calls[0] += 1
+        if calls[0] == 2:  # the first prompt's last chunk and the second's first: the others still wait
+            failed.extend(c.seq.request_id for c in chunks)
+            raise RuntimeError("injected fault")
+        return execute(chunks, rows)
+
+    e.runner.execute = fail_kth
+    got = {i: [] for i in ids}
+    errors = []
+    while e.has_work():
+        try:
+            for c in e.step():
+                got[c.request_id] += c.token_ids
+        except StepError as err:
+            errors.append(err)
+    assert len(errors) == 1 and errors[0].dead is None and sorted(errors[0].request_ids) == sorted(failed)
+    survivors = [k for k, i in enumerate(ids) if i not in failed]
+    assert failed and survivors  # the fault hit some requests and spared others
+    assert [got[ids[k]] for k in survivors] == [want[k] for k in survivors]
+    assert e.cache.is_idle() and e.dead is None
+    rid = e.add_request(PROMPTS[0], PARAMS)  # still serving
+    out = []
+    while e.has_work():
+        out += [t for c in e.step() for t in c.token_ids]
+    assert out == want[0] and e.cache.is_idle()
+
+
+def test_a_runner_that_keeps_raising_marks_the_engine_dead(tiny_qwen3):
+    """The first failure ends its step's requests; the next step raises too: the engine is dead, every request
+    ends, every pool is empty, and new requests are refused naming the reason."""
+    e = engine(tiny_qwen3[0], "swa+sinks+half_fa")
+    ids = [e.add_request(p, PARAMS) for p in PROMPTS]
+
+    def always(chunks, rows):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    e.runner.execute = always
+    with pytest.raises(StepError) as first:
+        e.step()
+    assert first.value.dead is None and e.dead is None and e.has_work()  # one failure: the others wait their turn
+    with pytest.raises(StepError) as second:
+        e.step()
+    assert second.value.dead is not None and "illegal memory access" in e.dead and "2 steps in a row" in e.dead
+    ended = first.value.request_ids + second.value.request_ids
+    assert sorted(ended) == sorted(ids) and all(c.finished for c in second.value.final_chunks)
+    assert not e.has_work() and e.cache.is_idle()
+    with pytest.raises(EngineUnavailableError, match="illegal memory access"):
+        e.add_request(PROMPTS[0], PARAMS)
+
+
+def test_a_failing_device_probe_marks_the_engine_dead_at_the_first_failure(tiny_qwen3):
+    e = engine(tiny_qwen3[0], "fa")
+    ids = [e.add_request(p, PARAMS) for p in PROMPTS]
+    e.step()
+
+    def broken(chunks, rows):
+        raise RuntimeError("injected fault")
+
+    def probe():
+        raise RuntimeError("CUDA error: unspecified launch failure (injected)")
+
+    e.runner.execute, e.probe_device = broken, probe
+    with pytest.raises(StepError) as err:
+        e.step()
+    assert "device probe" in err.value.dead and "launch failure" in e.dead
+    assert sorted(err.value.request_ids) == sorted(ids) and e.cache.is_idle() and not e.has_work()
+
+
+def test_async_streams_of_a_dead_engine_end_unavailable_and_new_ones_are_refused(tiny_qwen3):
+    e = engine(tiny_qwen3[0], "fa")
+
+    def always(chunks, rows):
+        raise RuntimeError("injected sticky fault")
+
+    e.runner.execute = always
+    dead = []
+    ae = AsyncEngine(e, on_dead=dead.append)
+
+    async def main():
+        streams = [await ae.open(p, PARAMS) for p in PROMPTS]
+        errors = []
+        for s in streams:
+            try:
+                async for _ in s:
+                    pass
+            except Exception as exc:  # noqa: BLE001 — the type is what is checked
+                errors.append(type(exc))
+        with pytest.raises(EngineUnavailableError, match="injected sticky fault"):
+            await ae.open(PROMPTS[0], PARAMS)
+        return errors
+
+    try:
+        errors = asyncio.run(main())
+    finally:
+        ae.shutdown()
+    assert len(errors) == len(PROMPTS) and EngineUnavailableError in errors
+    assert set(errors) <= {EngineDeadError, EngineUnavailableError}
+    assert len(dead) == 1 and "injected sticky fault" in dead[0] and ae.dead == dead[0]
+    assert e.cache.is_idle() and not e.has_work()

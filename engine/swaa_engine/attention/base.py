@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
@@ -75,31 +76,42 @@ class CacheGeometry:
 
 @dataclass(frozen=True)
 class CacheWrites:
-    """Where this step's keys go: flat paged slots per token; for rings, which tokens survive and their slots."""
+    """Where this step's keys go: flat paged slots per token; for rings, which tokens survive and their slots
+    (int64 arrays, ready for one ``torch.tensor`` copy each)."""
 
-    paged_slots: list[int] | None  # None: no sequence in the step has a block table
-    ring_tokens: list[int] | None  # rows of the step whose keys are still in the ring after it
-    ring_slots: list[int] | None
+    paged_slots: np.ndarray | None  # None: no sequence in the step has a block table
+    ring_tokens: np.ndarray | None  # rows of the step whose keys are still in the ring after it
+    ring_slots: np.ndarray | None
 
 
 def cache_writes(layout: StepLayout, g: CacheGeometry) -> CacheWrites:
+    """Per entry, not per token: a decode is one slot (plain arithmetic), a prefill chunk's slots are computed by
+    numpy over its positions (a Python loop over a chunk's thousands of tokens cost milliseconds per step)."""
     bs, W, S, R = g.block_size, g.window, g.sinks, g.ring_slots
     has_ring = any(e.ring is not None for e in layout.entries)
     has_paged = any(e.block_table for e in layout.entries)
-    paged, ring_tok, ring_slots = [], [], []
-    t = 0
-    for e in layout.entries:
+    decodes, chunks = layout.entries[: layout.num_decodes], layout.entries[layout.num_decodes :]
+    # decodes come first: their token rows are 0..num_decodes-1, and a single token always survives in its ring
+    paged = [[e.block_table[e.start // bs] * bs + e.start % bs for e in decodes]] if has_paged else None
+    ring_tok = [list(range(len(decodes)))] if has_ring else None
+    ring_slots = [[e.ring * R + ring_slot(e.start, S, W) for e in decodes]] if has_ring else None
+    t = len(decodes)
+    for e in chunks:
+        pos = np.arange(e.start, e.end, dtype=np.int64)
         if has_paged:
-            paged.extend(e.block_table[p // bs] * bs + p % bs for p in range(e.start, e.end))
+            paged.append(np.asarray(e.block_table, dtype=np.int64)[pos // bs] * bs + pos % bs)
         if has_ring:
-            # Only the last W window positions (and any sink positions) survive this chunk.
-            keep_from = max(e.start, e.end - W)
-            for p in range(e.start, e.end):
-                if p < S or p >= keep_from:
-                    ring_tok.append(t + p - e.start)
-                    ring_slots.append(e.ring * R + ring_slot(p, S, W))
+            # only the last W window positions (and any sink positions) survive this chunk
+            keep = (pos < S) | (pos >= max(e.start, e.end - W))
+            kept = pos[keep]
+            ring_tok.append(t + kept - e.start)
+            ring_slots.append(e.ring * R + np.where(kept < S, kept, S + (kept - S) % W))
         t += e.num_tokens
-    return CacheWrites(paged if has_paged else None, ring_tok if has_ring else None, ring_slots if has_ring else None)
+
+    def flat(parts):
+        return None if parts is None else np.concatenate([np.asarray(x, dtype=np.int64) for x in parts])
+
+    return CacheWrites(flat(paged), flat(ring_tok), flat(ring_slots))
 
 
 class AttentionBackend(ABC):
