@@ -176,3 +176,63 @@ def test_greedy_output_is_the_same_with_the_cache(name, tiny_qwen3):
     u = eng.cache.usage()
     assert eng.cache.blocks.num_free + u["paged"]["cached"] == eng.cache.blocks.total
     assert eng.cache.rings.num_free + u["ring"]["cached"] == eng.cache.rings.total
+
+
+# -- random workloads under pressure (hypothesis) ----------------------------------------------------
+from collections import Counter  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from swaa_engine.sequence import FinishReason, SeqStatus  # noqa: E402
+
+
+def check_shared_accounting(sched, mgr):
+    """Every reference is a live sequence's; cached-only blocks and snapshots are held by nobody; nothing leaks."""
+    live = list(sched.running) + list(sched.waiting)
+    refs = Counter(b for x in live for b in x.block_table)
+    assert refs == Counter(mgr.blocks._refs)
+    idle = set(mgr.prefix.idle_blocks)
+    assert not idle & set(refs) and mgr.blocks.num_used == len(refs) + len(idle)
+    rings = [x.ring for x in live if x.ring is not None]
+    snaps = set(mgr.prefix.snapshots)
+    assert len(rings) == len(set(rings)) and not snaps & set(rings) and mgr.rings.num_used == len(rings) + len(snaps)
+    assert all(x.status is SeqStatus.WAITING and not x.block_table and x.ring is None for x in sched.waiting)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=st.sampled_from([SWAAConfig(), SWAAConfig(window=8), SWAAConfig(window=8, sinks=2, fa_decode=True),
+                            SWAAConfig(window=8, sinks=2, fa_layers="0")]),
+       reqs=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 40), st.integers(1, 12), st.integers(0, 30)),
+                     min_size=1, max_size=14),
+       blocks=st.integers(24, 60), budget=st.integers(4, 32), aborts=st.lists(st.integers(0, 13), max_size=3))
+def test_random_shared_workloads_finish_with_exact_accounting(cfg, reqs, blocks, budget, aborts):
+    specs = cfg.layer_specs(2)
+    mgr = CacheManager(specs, 4, blocks, 12, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_seqs=6, max_num_batched_tokens=budget, max_waiting=1000,
+                                      decode_reserve_tokens=8), mgr)
+    systems = [[1000 * (k + 1) + i for i in range(24)] for k in range(3)]
+    arrivals = sorted(((t, Sequence(f"r{i}", systems[k][: 24 if n > 8 else n] + [5000 + 97 * i + j for j in range(n)],
+                                   SamplingParams(max_tokens=out)))
+                      for i, (k, n, out, t) in enumerate(reqs)), key=lambda a: a[0])
+    abort_at = {a * 3: f"r{a}" for a in aborts}
+    pending, step = list(arrivals), 0
+    while pending or sched.has_work():
+        while pending and pending[0][0] <= step:
+            sched.add(pending.pop(0)[1])
+        if step in abort_at:
+            sched.abort(abort_at[step])
+        out = sched.schedule()
+        sched.advance(out)
+        for c in out.chunks:
+            x = c.seq
+            if c.samples and x.status is SeqStatus.RUNNING:
+                x.token_ids.append(7)
+                if x.num_generated >= x.params.max_tokens:
+                    sched.finish(x, FinishReason.LENGTH)
+        check_shared_accounting(sched, mgr)
+        step += 1
+        assert step < 20_000, "no progress: deadlock or starvation"
+    assert mgr.is_idle()
+    for _, s in arrivals:
+        assert s.finished and (s.finish_reason is FinishReason.ABORT or s.num_generated == s.params.max_tokens)
