@@ -252,12 +252,13 @@ class LLMEngine:
         # one ring each in the ring layers (a plan's unit sizes do not depend on its budget).
         unit = plan_pools(self.specs, kv, cc.block_size, 1, self.config.scheduler.max_num_seqs)
         blocks_per_seq = -(-self.max_model_len // cc.block_size)
+        # with prefix caching, rings for ring snapshots beside one per running sequence
+        snapshots = min(16, self.config.scheduler.max_num_seqs) if cc.prefix_caching and unit.ring_bytes else 0
         need = self.config.scheduler.max_num_seqs * (blocks_per_seq * unit.block_bytes + unit.ring_bytes)
+        need += snapshots * unit.ring_bytes
         free = free_memory_bytes(self.device) if cc.budget_bytes is None else 0
         size, self.cache_budget_reason = cc.resolve_budget(need, free, self.device.type == "cpu")
-        rings = self.config.scheduler.max_num_seqs
-        if cc.prefix_caching and unit.ring_bytes and unit.block_bytes:
-            rings += min(16, rings)  # room for prefix-cache ring snapshots beside one ring per running sequence
+        rings = self.config.scheduler.max_num_seqs + snapshots
         if unit.ring_bytes and unit.block_bytes and size < need:
             # rings are planned first (one per running sequence): below what max_num_seqs need, keep one
             # full-length sequence's blocks out of their share, or a capped budget could hold no long prompt at all

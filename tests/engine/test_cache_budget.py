@@ -41,11 +41,14 @@ def _engine(folder, swaa, **cache):
 def test_engine_default_holds_exactly_max_num_seqs_full_sequences(tiny_qwen3):
     """Paged layers get max_num_seqs x max_model_len tokens of blocks, ring layers one ring per sequence."""
     folder, _ = tiny_qwen3
-    e = _engine(folder, SWAAConfig(window=16, sinks=2, fa_layers=[1]))
+    e = _engine(folder, SWAAConfig(window=16, sinks=2, fa_layers=[1]), prefix_caching=False)
     assert e.cache.blocks.total == 4 * 512 // 8 and e.cache.rings.total == 4
     assert e.cache_budget_reason == "what max_num_seqs x max_model_len can use"
-    ring_only = _engine(folder, SWAAConfig(window=16, sinks=2))  # no paged layer: four rings and nothing else
+    ring_only = _engine(folder, SWAAConfig(window=16, sinks=2), prefix_caching=False)  # four rings and nothing else
     assert ring_only.cache.rings.total == 4 and ring_only.pool_plan.total_bytes == 4 * ring_only.pool_plan.ring_bytes
+    # prefix caching adds rings for ring snapshots (min(16, max_num_seqs)), and the budget grows by as much
+    e = _engine(folder, SWAAConfig(window=16, sinks=2, fa_layers=[1]))
+    assert e.cache.blocks.total == 4 * 512 // 8 and e.cache.rings.total == 4 + 4
 
 
 def test_engine_cap_too_small_says_which_limit(tiny_qwen3):
