@@ -531,10 +531,11 @@ class LLMEngine:
         new = 4
         # two chunks and a bit per request: the second request's chunks then run beside the first's decodes
         n = max(1, min(2 * chunk + 1, self.max_model_len - new - 1))
-        ids = [i % self.dims.vocab_size for i in range(n)]
         params = SamplingParams(max_tokens=new, ignore_eos=True)
-        warm = [self.add_request(ids, params, request_id=f"warmup-{i}-{uuid.uuid4().hex}")
-                for i in range(min(2, self.config.scheduler.max_num_seqs, self.config.scheduler.max_waiting))]
+        # prompts that share no prefix: with prefix caching the second would otherwise wait for the first's
+        warm = [self.add_request([(i + k) % self.dims.vocab_size for i in range(n)], params,
+                                 request_id=f"warmup-{k}-{uuid.uuid4().hex}")
+                for k in range(min(2, self.config.scheduler.max_num_seqs, self.config.scheduler.max_waiting))]
         try:
             while self.has_work():
                 self.step()
@@ -543,6 +544,7 @@ class LLMEngine:
                 self.abort(rid)
         with self._lock:
             self.steps, self.step_seconds = 0, 0.0  # the step counters describe serving
+            self.cache.clear_prefix_cache()  # and the prefix cache holds what was served, not the warm-up's tokens
             self._publish()
         out = {k: float(v - before[k]) for k, v in self.runner.step_kinds.items()}
         out["seconds"] = time.monotonic() - t0

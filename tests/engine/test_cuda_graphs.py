@@ -41,7 +41,8 @@ def test_graph_decode_path_matches_plain(name, tiny_qwen3):
     outs = llm.generate(prompts, params)
     assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
     assert calls and any(graphs.bucket(n) != n for n in calls)  # padded buckets were exercised
-    assert eng.cache_usage() == LLM(folder, **kw).engine.cache_usage()  # everything released
+    held = lambda u: {p: (v["used"], v["total"]) for p, v in u.items()}  # noqa: E731 (cached prefixes may stay)
+    assert held(eng.cache_usage()) == held(LLM(folder, **kw).engine.cache_usage())  # everything released
 
 
 def test_warmup_runs_every_step_kind_and_leaves_the_engine_idle(tiny_qwen3):

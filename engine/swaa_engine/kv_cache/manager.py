@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swaa_engine.kv_cache.pools import BlockPool, RingPool, SwapSpace
-from swaa_engine.kv_cache.prefix import PrefixCache, PrefixMatch
+from swaa_engine.kv_cache.prefix import PrefixCache, PrefixMatch, PrefixStats
 from swaa_engine.sequence import Sequence
 from swaa_engine.swaa import AttentionKind, CacheKind, LayerSpec
 
@@ -220,6 +220,16 @@ class CacheManager:
             if self.has_paged:
                 self.prefix.add_block(node, seq.block_table[st.registered // bs])
             st.node, st.registered = node, st.registered + bs
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prefix nobody uses and the hit counts (blocks and snapshots go back to the pools)."""
+        if self.prefix is None:
+            return
+        while (b := self.prefix.evict_block()) is not None:
+            self.blocks.free(b)
+        while (r := self.prefix.evict_snapshot()) is not None:
+            self.rings.free(r)
+        self.prefix.stats = PrefixStats()
 
     def new_snapshot(self, seq: Sequence) -> int | None:
         """A ring for a snapshot of ``seq``'s ring at its registered boundary, from free rings or the oldest
