@@ -138,7 +138,7 @@ def test_async_stream_matches_offline_and_cancel_frees(smol):
 def test_unsupported_architecture_lists_supported(tmp_path):
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedModelError, match="supported: llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UnsupportedModelError, match="supported: gemma3_text, llama, mistral, qwen2, qwen3"):
         LLM(hf_config=GPT2Config(n_layer=2), random_weights=True)
 
 
@@ -158,6 +158,8 @@ def test_other_architectures_match_transformers(arch, tmp_path):
     cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                initializer_range=0.25, tie_word_embeddings=False)
+    if arch == "mistral":
+        cfg.sliding_window = None  # a Mistral without a window of its own (those: tests/engine/test_native_windows.py)
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     if arch == "qwen2":
