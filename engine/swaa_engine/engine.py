@@ -34,6 +34,7 @@ from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
 from swaa_engine.scheduler import Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
+from swaa_engine.structured import Grammars
 from swaa_engine.swaa import CacheKind
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class _Request:
     detok: IncrementalDetokenizer | None
     rng: random.Random | None
     arrival: float
+    matcher: object | None = None  # structured output's xgrammar GrammarMatcher
     scheduled_at: float | None = None
     first_token_at: float | None = None
 
@@ -197,6 +199,7 @@ class LLMEngine:
         elif config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
             self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
+        self.grammars = Grammars(self.tokenizer, self.dims.vocab_size, self.eos_ids)  # compiled on first use
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
         self._in_step: set[str] = set()  # request ids of the running step (an abort defers freeing their slots)
@@ -353,6 +356,8 @@ class LLMEngine:
         check_request_id(request_id)
         ids = self.tokenize(prompt)
         self.validate(ids, params)
+        # compiled here, on the caller's thread (the server's intake pool), not on the engine thread
+        matcher = self.grammars.matcher(params.structured_output) if params.structured_output is not None else None
         rid = request_id or uuid.uuid4().hex
         with self._lock:
             if self.dead is not None:
@@ -368,6 +373,7 @@ class LLMEngine:
                 detok=IncrementalDetokenizer(self.tokenizer, ids, params.stop) if self.tokenizer else None,
                 rng=None if params.greedy else random.Random(params.seed),
                 arrival=seq.arrival,
+                matcher=matcher,
             )
             self._publish()
         return rid
@@ -410,7 +416,7 @@ class LLMEngine:
                     req.scheduled_at = now
                 if c.samples:
                     rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else [],
-                                          c.seq.request_id))
+                                          c.seq.request_id, req.matcher))
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
@@ -479,7 +485,12 @@ class LLMEngine:
         if lp is not None:
             chunk.logprobs = [TokenLogprob(token, lp[0], tuple(lp[1]))]
         reason = None
-        if not p.ignore_eos and token in self.eos_ids:
+        if req.matcher is not None and not req.matcher.accept_token(token):
+            # the mask allowed only tokens the matcher accepts: this is a bug, not the caller's fault
+            log.error("structured output: the sampled token %d was refused by its grammar", token,
+                      extra={"request_id": seq.request_id})
+            reason = FinishReason.ABORT
+        elif not p.ignore_eos and token in self.eos_ids:
             reason = FinishReason.EOS
         elif token in p.stop_token_ids:
             reason, chunk.stop_token_id = FinishReason.STOP, token
@@ -488,6 +499,8 @@ class LLMEngine:
                 req.detok.add(token)
             if req.detok.matched_stop is not None:
                 reason, chunk.stop = FinishReason.STOP, req.detok.matched_stop
+        if reason is None and req.matcher is not None and req.matcher.is_terminated():
+            reason = FinishReason.EOS  # the grammar is complete and took the end token (ignore_eos or not)
         if reason is None and seq.num_generated >= p.max_tokens:
             reason = FinishReason.LENGTH
         if reason is None:

@@ -27,6 +27,34 @@ MAX_LOGPROBS = 20
 GREEDY_TEMPERATURE = 1e-5
 
 
+MAX_SPEC_CHARS = 64 << 10  # a schema, regex or grammar: compilation time and memory grow with it
+MAX_CHOICES = 64
+MAX_CHOICE_LEN = 256
+STRUCTURED_KINDS = ("json_schema", "regex", "grammar", "choices")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What the output must match: ``kind`` is one of ``STRUCTURED_KINDS``; ``spec`` is the JSON Schema (JSON
+    text), the regular expression, the EBNF grammar (start rule ``root``), or the tuple of choices. Only the sizes
+    are checked here (torch-free); whether the library accepts the spec is checked when it is compiled."""
+
+    kind: str
+    spec: str | tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(self.kind in STRUCTURED_KINDS, "structured_output", f"kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
+        field = f"structured_output.{self.kind}"
+        if self.kind == "choices":
+            object.__setattr__(self, "spec", tuple(self.spec))
+            _check(0 < len(self.spec) <= MAX_CHOICES, field, f"1..{MAX_CHOICES} choices, got {len(self.spec)}")
+            for c in self.spec:
+                _check(isinstance(c, str) and 0 < len(c) <= MAX_CHOICE_LEN, field, f"each choice must have 1..{MAX_CHOICE_LEN} characters")
+        else:
+            _check(isinstance(self.spec, str) and self.spec.strip() != "", field, "must not be empty")
+            _check(len(self.spec) <= MAX_SPEC_CHARS, field, f"at most {MAX_SPEC_CHARS} characters, got {len(self.spec)}")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
@@ -47,6 +75,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    structured_output: StructuredOutput | None = None  # token masks force the output to match it
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_engine.intake import PromptBounds, check_request_id
 from swaa_engine.outputs import Completion, StreamChunk
-from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.sampling_params import InvalidRequestError, SamplingParams, StructuredOutput
 from swaa_engine.sequence import FinishReason
 from swaa_engine.swaa import AttentionKind, CacheKind
 
@@ -81,7 +81,18 @@ def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs if s.return_logprobs else None,
+        structured_output=structured_of(s),
     )
+
+
+def structured_of(s: pb.SamplingParameters) -> StructuredOutput | None:
+    if not s.HasField("structured_output"):
+        return None
+    kind = s.structured_output.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequestError("structured_output", "set one of json_schema, regex, grammar or choices")
+    value = getattr(s.structured_output, kind)
+    return StructuredOutput(kind, tuple(value.choices) if kind == "choices" else value)
 
 
 def _logprobs(chunk: StreamChunk | Completion):
