@@ -349,11 +349,21 @@ class LLMEngine:
                 raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")
         if params.stop:
             self._need_tokenizer("stop")
+        if params.n != 1:  # one sequence per request here; AsyncEngine fans n out into sequences
+            raise InvalidRequestError("n", f"the engine takes one sample per sequence (AsyncEngine serves n > 1), got n={params.n}")
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         """Queue a request; raises InvalidRequestError, RequestIdInUseError or QueueFullError without side effects."""
-        params = params or SamplingParams()
         check_request_id(request_id)
+        return self._add(prompt, params or SamplingParams(), request_id)
+
+    def add_sample(self, prompt: Prompt, params: SamplingParams, sequence_id: str) -> str:
+        """One sample of a request with n > 1 (``AsyncEngine`` fans them out): like ``add_request``, but its id is the
+        sample's sequence id (``async_engine.sample_id``), which holds a control character on purpose (no caller's id
+        can then clash with it) and so is not a caller's id to check."""
+        return self._add(prompt, params, sequence_id)
+
+    def _add(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> str:
         ids = self.tokenize(prompt)
         self.validate(ids, params)
         # compiled here, on the caller's thread (the server's intake pool), not on the engine thread
