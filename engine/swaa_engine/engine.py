@@ -407,8 +407,6 @@ class LLMEngine:
         t0 = time.monotonic()
         with self._lock:
             out = self.scheduler.schedule()
-            if not out:
-                return []
             now = t0
             # before any kernel of this step: the slots a swap-out leaves may already belong to another sequence
             for op in out.swap_out:
@@ -418,6 +416,11 @@ class LLMEngine:
                 self.swapper.copy_rings(out.ring_copies)
             for op in out.swap_in:
                 self.swapper.swap_in(op)
+            if not out:
+                # a step that computes nothing still does its copies: e.g. the snapshot due at a prefill's last
+                # chunk when that prefill yielded this step to a newcomer that then waits for it (skipped, the ring
+                # moves on and the index keeps a snapshot nobody wrote)
+                return []
             chunks = self.runner.order(out.chunks)
             rows = []
             for c in chunks:

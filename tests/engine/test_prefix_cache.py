@@ -176,3 +176,26 @@ def test_greedy_output_is_the_same_with_the_cache(name, tiny_qwen3):
     u = eng.cache.usage()
     assert eng.cache.blocks.num_free + u["paged"]["cached"] == eng.cache.blocks.total
     assert eng.cache.rings.num_free + u["ring"]["cached"] == eng.cache.rings.total
+
+
+def test_snapshots_due_in_a_step_that_computes_nothing_are_copied(tiny_qwen3):
+    """Requests racing on one long new prompt (or n samples of it): the first one's prefill yields a step to the
+    next, which then waits for that prefill, so the step computes nothing; the snapshot due then must still be
+    copied (it was skipped: the ring moved on, and later prompts sharing the prefix restored stale KV)."""
+    from swaa_engine.engine import LLM
+
+    folder, _ = tiny_qwen3
+
+    def llm(prefix: bool):
+        return LLM(folder, swaa=SWAAConfig(window=16, sinks=2, fa_layers=[1]), max_model_len=512,
+                   cache=CacheConfig(block_size=BS, budget_bytes=4 << 20, prefix_caching=prefix))
+
+    cached, plain = llm(True), llm(False)
+    prompt = [random.Random(2).randrange(384) for _ in range(200)]
+    cached.generate([prompt] * 4, SamplingParams(max_tokens=4, ignore_eos=True))
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    probes = [prompt[:k] for k in (30, 52, 100, 170)]
+    a = [cached.generate([p], params)[0] for p in probes]  # one by one: each resumes from the racers' snapshots
+    b = plain.generate(probes, params)
+    assert all(o.usage.cached_tokens >= 24 for o in a)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
