@@ -171,3 +171,24 @@ def test_model_without_tokenizer_refuses_structured_output():
     with pytest.raises(InvalidRequestError) as e:
         Grammars(None, 384, {0}).matcher(StructuredOutput("regex", "[a-z]+"))
     assert e.value.field == "structured_output"
+
+
+def test_cli_json_schema_choices_and_samples(chat_server, tmp_path, capsys):
+    from swaa_server import cli
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMAS[1]))
+    assert cli.main(["generate", "Who?", "--target", chat_server.target, "--json-schema", str(schema),
+                     "--max-tokens", str(MAX_TOKENS)]) == 0
+    text = _answer(capsys.readouterr().out)
+    jsonschema.validate(json.loads(text), SCHEMAS[1])
+    assert cli.main(["generate", "Pick one", "--target", chat_server.target, "--choice", "yes", "--choice", "no",
+                     "-n", "3", "--temperature", "1", "--seed", "4", "--max-tokens", "8"]) == 0
+    out = capsys.readouterr()
+    assert len(_answer(out.out).split()) == 3 and set(_answer(out.out).split()) <= {"yes", "no"}
+    assert out.err.count("[sample ") == 3 and "3 samples" in out.err
+
+
+def _answer(stdout: str) -> str:
+    """The CLI's answer without the in-process server's log lines (they share stdout here)."""
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[[^\n]*\n?", "", stdout).strip()
