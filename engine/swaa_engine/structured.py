@@ -11,6 +11,7 @@ xgrammar is an optional dependency (``pip install swaa-serve[structured]``), imp
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -54,8 +55,7 @@ class Grammars:
         try:
             if so.kind == "json_schema":
                 json.loads(so.spec)  # a clear message for text that is not JSON at all
-                # no free whitespace: a model could otherwise pad the output with spaces until max_tokens
-                return compiler.compile_json_schema(so.spec, any_whitespace=False)
+                return compiler.compile_grammar(json_schema_grammar(so.spec))
             if so.kind == "regex":
                 return compiler.compile_regex(so.spec)
             if so.kind == "grammar":
@@ -68,6 +68,24 @@ class Grammars:
         import xgrammar as xgr
 
         return xgr.GrammarMatcher(self.compile(so))
+
+
+# xgrammar 0.2.8 writes a string with a length bound (minLength/maxLength) as this class repeated: it lets the other
+# control characters (U+0000-U+001F) through unescaped, which JSON forbids (strict parsers refuse the output, e.g.
+# Python's json.loads), and its unbounded strings already exclude them. Narrowed in the grammar's text before compiling;
+# tests/server/test_structured.py validates outputs with a strict parser, so a change of spelling shows there.
+_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+
+
+@functools.lru_cache(maxsize=64)
+def json_schema_grammar(schema: str) -> str:
+    """The EBNF grammar of a JSON Schema (no free whitespace: a model could otherwise pad the output with spaces
+    until max_tokens), strings held to JSON's rules."""
+    import xgrammar as xgr
+
+    ebnf = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False))
+    return ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
 
 
 def choices_grammar(choices: tuple[str, ...]) -> str:

@@ -63,20 +63,25 @@ def chat_server(tiny_chat_folder):
         yield s
 
 
-async def _many(target: str, calls: list[dict]) -> list:
+async def _many(target: str, calls: list[dict], at_once: int = 48) -> list:
+    """``calls`` with at most ``at_once`` in flight (the test server queues at most 64)."""
+    gate = asyncio.Semaphore(at_once)
     async with AsyncClient(target, timeout=300) as c:
-        return await asyncio.gather(*(c.generate(**kw) for kw in calls))
+        async def one(kw):
+            async with gate:
+                return await c.generate(**kw)
+        return await asyncio.gather(*(one(kw) for kw in calls))
 
 
 def test_json_schemas_always_parse_and_validate(chat_server):
-    # greedy, seeded sampling, and seeded sampling with logprobs: 60 concurrent requests over 20 schemas
+    # 200 requests (48 at a time) over 20 schemas: greedy, seeded sampling, some with logprobs, varied prompts
     calls = []
     for i, schema in enumerate(SCHEMAS):
-        for variant in range(3):
-            kw = dict(prompt=f"Answer {i} as JSON:", json_schema=schema, max_tokens=MAX_TOKENS)
+        for variant in range(10):
+            kw = dict(prompt=f"Answer {i}.{variant} as JSON:", json_schema=schema, max_tokens=MAX_TOKENS)
             if variant:
-                kw.update(temperature=0.9, seed=1000 * i + variant)
-            if variant == 2:
+                kw.update(temperature=0.5 + variant / 10, seed=1000 * i + variant)
+            if variant % 3 == 2:
                 kw.update(logprobs=2)
             calls.append(kw)
     done = asyncio.run(_many(chat_server.target, calls))
