@@ -197,3 +197,12 @@ def test_cli_json_schema_choices_and_samples(chat_server, tmp_path, capsys):
 def _answer(stdout: str) -> str:
     """The CLI's answer without the in-process server's log lines (they share stdout here)."""
     return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[[^\n]*\n?", "", stdout).strip()
+
+
+def test_samples_each_follow_the_schema(chat_server):
+    with Client(chat_server.target, timeout=120) as c:
+        out = c.generate("Who?", json_schema=SCHEMAS[1], n=4, temperature=1.0, seed=9, max_tokens=MAX_TOKENS)
+    assert len(out.samples) == 4 and len({s.text for s in out.samples}) > 1
+    for s in out.samples:
+        assert s.finish_reason == FinishReason.EOS
+        jsonschema.validate(json.loads(s.text), SCHEMAS[1])
