@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
-from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, PrefixCache, ReplicaStatus, Timings,
-                               TokenLogprob, Usage)
+from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, PrefixCache, ReplicaStatus, Sample,
+                               Timings, TokenLogprob, Usage)
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, str]]
 
@@ -27,7 +28,9 @@ _RANGES = {
     "temperature": (0.0, 100.0, "in [0, 100]"), "top_k": (0, 2**32 - 1, "an integer >= 0"),
     "top_p": (0.0, 1.0, "in (0, 1]"), "min_p": (0.0, 1.0, "in [0, 1]"), "repetition_penalty": (0.0, 10.0, "in (0, 10]"),
     "seed": (0, 2**63 - 1, "in [0, 2^63)"), "max_tokens": (1, 2**31 - 1, "an integer >= 1"), "logprobs": (0, 20, "in [0, 20]"),
+    "n": (1, 16, "in [1, 16]"),
 }
+_FIELD = {"n": "n"}  # request fields outside SamplingParameters
 _OPEN_BELOW = ("top_p", "repetition_penalty")  # 0 itself is out of range
 
 
@@ -50,7 +53,7 @@ def check_sampling(**values) -> None:
               and not (name in _OPEN_BELOW and value <= lo)
               and (isinstance(value, int) or not isinstance(lo, int)))
         if not ok:
-            raise invalid(f"sampling.{name}", f"must be {what}, got {value!r}")
+            raise invalid(_FIELD.get(name, f"sampling.{name}"), f"must be {what}, got {value!r}")
 
 
 def set_prompt(msg, prompt: Prompt) -> None:
@@ -72,13 +75,17 @@ def generate_request(prompt: Prompt, *, max_tokens: int | None = None, temperatu
                      top_p: float | None = None, min_p: float = 0.0, repetition_penalty: float | None = None,
                      seed: int | None = None, stop: Sequence[str] | str | None = None,
                      stop_token_ids: Sequence[int] | None = None, logprobs: int | None = None, ignore_eos: bool = False,
-                     request_id: str | None = None) -> pb.GenerateRequest:
+                     request_id: str | None = None, json_schema: str | Mapping | None = None, regex: str | None = None,
+                     grammar: str | None = None, choices: Sequence[str] | None = None,
+                     n: int | None = None) -> pb.GenerateRequest:
     """The arguments of ``generate`` and ``stream`` (both clients), listed once: ``prompt`` is raw text (str), token
     ids, or chat messages ``[{"role": "user", "content": "..."}]``; ``logprobs=n`` returns each token's logprob and
     its top-n alternatives (0 = the token's only); greedy unless ``temperature`` > 0; ``seed`` makes sampling
-    reproducible. Out-of-range values are refused here, before anything is sent."""
+    reproducible. Structured output (at most one): ``json_schema`` (a dict or JSON text), ``regex``, ``grammar`` (EBNF,
+    start rule ``root``) or ``choices``; the output is forced to match it. ``n``: that many samples (1..16), the
+    prompt computed once. Out-of-range values are refused here, before anything is sent."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                   seed=seed, max_tokens=max_tokens, logprobs=logprobs)
+                   seed=seed, max_tokens=max_tokens, logprobs=logprobs, n=n)
     for t in stop_token_ids or ():
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**32:
             raise invalid("sampling.stop_token_ids", f"token ids must be integers >= 0, got {t!r}")
@@ -90,9 +97,27 @@ def generate_request(prompt: Prompt, *, max_tokens: int | None = None, temperatu
             setattr(s, name, value)
     if logprobs is not None:
         s.return_logprobs, s.logprobs = True, logprobs
+    _set_structured(s, json_schema=json_schema, regex=regex, grammar=grammar, choices=choices)
     req = pb.GenerateRequest(request_id=request_id or "", sampling=s)
+    if n is not None:
+        req.n = n
     set_prompt(req, prompt)
     return req
+
+
+def _set_structured(s: pb.SamplingParameters, **specs) -> None:
+    given = {k: v for k, v in specs.items() if v is not None}
+    if len(given) > 1:
+        raise invalid("sampling.structured_output", f"give at most one of json_schema, regex, grammar, choices; got {', '.join(given)}")
+    for kind, spec in given.items():
+        if kind == "json_schema":
+            s.structured_output.json_schema = spec if isinstance(spec, str) else json.dumps(spec)
+        elif kind == "choices":
+            if isinstance(spec, str) or not all(isinstance(c, str) for c in spec):
+                raise invalid("sampling.structured_output.choices", "must be a sequence of strings")
+            s.structured_output.choices.choices.extend(spec)
+        else:
+            setattr(s.structured_output, kind, spec)
 
 
 def _logprobs(msg) -> tuple[TokenLogprob, ...]:
@@ -109,12 +134,14 @@ def _final(msg) -> dict:
 
 def chunk(msg: pb.GenerateChunk) -> Chunk:
     return Chunk(request_id=msg.request_id, token_ids=tuple(msg.token_ids), text=msg.text, logprobs=_logprobs(msg),
-                 finished=msg.finished, **(_final(msg) if msg.finished else {}))
+                 finished=msg.finished, index=msg.index, **(_final(msg) if msg.finished else {}))
 
 
 def completion(msg: pb.GenerateResponse) -> Completion:
+    samples = tuple(Sample(s.index, tuple(s.token_ids), s.text, _FINISH.get(s.finish_reason), _logprobs(s), s.stop or None,
+                           s.stop_token_id if s.HasField("stop_token_id") else None) for s in msg.samples)
     return Completion(request_id=msg.request_id, token_ids=tuple(msg.token_ids), text=msg.text,
-                      logprobs=_logprobs(msg), **_final(msg))
+                      logprobs=_logprobs(msg), samples=samples, **_final(msg))
 
 
 def model_info(msg: pb.ModelInfo) -> ModelInfo:

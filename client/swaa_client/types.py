@@ -48,11 +48,26 @@ class Chunk:
     stop_token_id: int | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    index: int = 0  # the sample (0..n-1) this chunk belongs to; a stream with n > 1 interleaves them
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One of the n samples of a ``Completion``."""
+
+    index: int
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop: str | None = None
+    stop_token_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole generation (``Client.generate``)."""
+    """A whole generation (``Client.generate``). With n samples the top-level fields are sample 0's and ``samples``
+    holds each (also when n = 1); ``usage`` counts the prompt once and every sample's completion tokens."""
 
     request_id: str
     token_ids: tuple[int, ...]
@@ -63,6 +78,7 @@ class Completion:
     logprobs: tuple[TokenLogprob, ...] = ()
     stop: str | None = None
     stop_token_id: int | None = None
+    samples: tuple[Sample, ...] = ()
 
 
 @dataclass(frozen=True)

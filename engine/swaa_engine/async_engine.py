@@ -7,6 +7,13 @@
 Leaving the ``async for`` early (client cancel, deadline, break) aborts the request and frees
 its cache slots, also while its prompt is still being tokenized.
 
+A request with ``n`` > 1 samples is fanned out here into n engine sequences (ids ``sample_id(request_id, i)``),
+each seeded by ``SamplingParams.sample_params``; their chunks share the request's queue, relabelled with the
+request's id and the sample's ``index``. The prompt is tokenized once; the first sample computes it and the others,
+admitted after it, wait for its prefill and then share its KV through prefix caching (full blocks by reference, the
+ring from a snapshot); what they recompute is the prompt's last partial block (and the last token, which every
+sequence computes to get its first logits). Without prefix caching each sample computes the whole prompt.
+
 Prompts are tokenized by a small pool of intake threads (not the event loop, not an unbounded executor), and
 at most ``max_waiting`` requests may wait for it: tokenization's memory and CPU stay bounded however many
 large requests arrive at once.
@@ -34,7 +41,15 @@ class EngineDeadError(RuntimeError):
     """The engine loop failed; the request cannot complete."""
 
 
-__all__ = ["AsyncEngine", "EngineDeadError", "EngineUnavailableError", "Listener"]
+__all__ = ["AsyncEngine", "EngineDeadError", "EngineUnavailableError", "Listener", "sample_id"]
+
+# Joins a request id and a sample index into the engine sequence's id: a control character, which no caller's id
+# may hold (check_request_id: printable only), so a sample's id never clashes with a request's.
+_SAMPLE_SEP = "\x1f"
+
+
+def sample_id(request_id: str, index: int) -> str:
+    return f"{request_id}{_SAMPLE_SEP}{index}"
 
 
 class Listener(Protocol):
@@ -59,7 +74,9 @@ class AsyncEngine:
         self._intake_lock = threading.Lock()
         self._intake_pending = 0  # prompts queued for or being tokenized; at most max_waiting
         self._intake_limit = engine.config.scheduler.max_waiting
-        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}  # by engine sequence id
+        self._samples: dict[str, tuple[str, int]] = {}  # sample's sequence id -> (request id, index), for n > 1
+        self._groups: dict[str, list[str]] = {}  # request id -> its samples' sequence ids, for n > 1
         self._wake = threading.Event()
         self._stop = False
         self.error: BaseException | None = None
@@ -124,6 +141,9 @@ class AsyncEngine:
 
     def _deliver(self, rid: str, item) -> None:
         if isinstance(item, StreamChunk):
+            owner = self._samples.get(rid)
+            if owner is not None:  # a sample of a request with n > 1: the caller knows the request's id
+                item.request_id, item.index = owner
             self._notify_finish(item)
         target = self._queues.get(rid)
         if target is not None:
@@ -136,40 +156,70 @@ class AsyncEngine:
     # -- callers ----------------------------------------------------------------------------
     async def stream(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
         """Yield chunks until the finished one. Raises InvalidRequestError / QueueFullError up front."""
-        rid, q = await self._open(prompt, params, request_id)
-        async for chunk in self._drain(rid, q):
+        ids, q = await self._open(prompt, params, request_id)
+        async for chunk in self._drain(ids, q):
             yield chunk
 
     async def open(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> AsyncIterator[StreamChunk]:
         """Like ``stream``, but the request is accepted (or refused) when this returns, before its first token."""
-        rid, q = await self._open(prompt, params, request_id)
-        return self._drain(rid, q)
+        ids, q = await self._open(prompt, params, request_id)
+        return self._drain(ids, q)
 
-    async def _open(self, prompt, params, request_id) -> tuple[str, asyncio.Queue]:
+    async def _open(self, prompt, params, request_id) -> tuple[list[str], asyncio.Queue]:
+        """Queue the request (n > 1: its n samples); returns the engine sequence ids and their queue."""
         if self.engine.dead is not None:
             raise EngineUnavailableError(f"the engine is dead: {self.engine.dead}")
         check_request_id(request_id)
-        if request_id is not None and request_id in self._queues:
+        if request_id is not None and (request_id in self._queues or request_id in self._groups):
             raise RequestIdInUseError(request_id)
+        n = params.n if params is not None else 1
         q: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         rid = request_id or uuid.uuid4().hex
-        self._queues[rid] = (loop, q)  # registered first: the engine thread may answer at once
+        ids = [rid] if n == 1 else [sample_id(rid, i) for i in range(n)]
+        for i, sid in enumerate(ids):  # registered first: the engine thread may answer at once
+            self._queues[sid] = (loop, q)
+            if n > 1:
+                self._samples[sid] = (rid, i)
+        if n > 1:
+            self._groups[rid] = ids
         try:
-            work = self._submit(self.engine.add_request, prompt, params, rid)
+            work = (self._submit(self.engine.add_request, prompt, params, rid) if n == 1
+                    else self._submit(self._add_samples, prompt, params, ids))
             try:
                 await asyncio.wrap_future(work)
             except asyncio.CancelledError:  # the caller left (deadline, cancel) while its prompt was tokenized
                 if not work.cancel():  # already running: once it has queued the request, take it out again
-                    work.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or self.engine.abort(rid))
+                    work.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or self._abort_ids(ids))
                 raise
         except BaseException:
-            self._queues.pop(rid, None)
+            self._forget(rid, ids)
             raise
         for listener in self.listeners:
             listener.on_accept(rid, prompt, params)
         self._wake.set()
-        return rid, q
+        return ids, q
+
+    def _add_samples(self, prompt, params: SamplingParams, ids: list[str]) -> None:
+        """(intake thread) The n samples as sequences, in index order: the prompt tokenized once; sample 0 is queued
+        first, so it computes the prompt while the others wait to share it. All or none are queued."""
+        tokens = self.engine.tokenize(prompt)
+        try:
+            for i, sid in enumerate(ids):
+                self.engine.add_sample(tokens, params.sample_params(i), sid)
+        except BaseException:
+            self._abort_ids(ids)
+            raise
+
+    def _abort_ids(self, ids: list[str]) -> list[StreamChunk]:
+        return [c for c in map(self.engine.abort, ids) if c is not None]
+
+    def _forget(self, rid: str, ids: list[str]) -> None:
+        for sid in ids:
+            self._queues.pop(sid, None)
+            self._samples.pop(sid, None)
+        if self._groups.get(rid) is ids:
+            del self._groups[rid]
 
     def _submit(self, fn, *args) -> Future:
         """Run ``fn`` on an intake thread; refuses (QueueFullError) when max_waiting prompts already wait for one."""
@@ -193,8 +243,8 @@ class AsyncEngine:
         """Token ids of a prompt (CountTokens), through the same bounded intake as requests."""
         return await asyncio.wrap_future(self._submit(self.engine.tokenize, prompt))
 
-    async def _drain(self, rid: str, q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
-        finished = False
+    async def _drain(self, ids: list[str], q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
+        left = len(ids)  # samples not finished yet
         pending = None
         try:
             while True:
@@ -202,25 +252,29 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     raise item
                 if item.finished:
-                    finished = True
+                    left -= 1
                 yield item
-                if finished:
+                if not left:
                     return
         finally:
-            self._queues.pop(rid, None)
-            if not finished:
-                self._notify_finish(self.engine.abort(rid))
+            rid = self._samples.get(ids[0], (ids[0], 0))[0]
+            self._forget(rid, ids)
+            if left:
+                for c in self._abort_ids(ids):
+                    self._notify_finish(c)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> list[StreamChunk]:
         return [c async for c in self.stream(prompt, params, request_id)]
 
     def abort(self, request_id: str) -> bool:
-        """Abort from anywhere (another connection, say); the stream gets its final chunk."""
-        chunk = self.engine.abort(request_id)
-        if chunk is None:
-            return False
-        self._deliver(request_id, chunk)
-        return True
+        """Abort from anywhere (another connection, say), every sample of it; the stream gets the final chunks."""
+        aborted = False
+        for sid in self._groups.get(request_id, [request_id]):
+            chunk = self.engine.abort(sid)
+            if chunk is not None:
+                aborted = True
+                self._deliver(sid, chunk)
+        return aborted
 
     def shutdown(self) -> None:
         self._stop = True

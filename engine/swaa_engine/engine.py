@@ -34,6 +34,7 @@ from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
 from swaa_engine.scheduler import Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
+from swaa_engine.structured import Grammars
 from swaa_engine.swaa import CacheKind
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class _Request:
     detok: IncrementalDetokenizer | None
     rng: random.Random | None
     arrival: float
+    matcher: object | None = None  # structured output's xgrammar GrammarMatcher
     scheduled_at: float | None = None
     first_token_at: float | None = None
 
@@ -197,6 +199,7 @@ class LLMEngine:
         elif config.cuda_graphs and self.device.type == "cuda" and self.backend.decode_kernel.triton:
             self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
+        self.grammars = Grammars(self.tokenizer, self.dims.vocab_size, self.eos_ids)  # compiled on first use
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
         self._in_step: set[str] = set()  # request ids of the running step (an abort defers freeing their slots)
@@ -347,13 +350,25 @@ class LLMEngine:
                 raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")
         if params.stop:
             self._need_tokenizer("stop")
+        if params.n != 1:  # one sequence per request here; AsyncEngine fans n out into sequences
+            raise InvalidRequestError("n", f"the engine takes one sample per sequence (AsyncEngine serves n > 1), got n={params.n}")
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         """Queue a request; raises InvalidRequestError, RequestIdInUseError or QueueFullError without side effects."""
-        params = params or SamplingParams()
         check_request_id(request_id)
+        return self._add(prompt, params or SamplingParams(), request_id)
+
+    def add_sample(self, prompt: Prompt, params: SamplingParams, sequence_id: str) -> str:
+        """One sample of a request with n > 1 (``AsyncEngine`` fans them out): like ``add_request``, but its id is the
+        sample's sequence id (``async_engine.sample_id``), which holds a control character on purpose (no caller's id
+        can then clash with it) and so is not a caller's id to check."""
+        return self._add(prompt, params, sequence_id)
+
+    def _add(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> str:
         ids = self.tokenize(prompt)
         self.validate(ids, params)
+        # compiled here, on the caller's thread (the server's intake pool), not on the engine thread
+        matcher = self.grammars.matcher(params.structured_output) if params.structured_output is not None else None
         rid = request_id or uuid.uuid4().hex
         with self._lock:
             if self.dead is not None:
@@ -369,6 +384,7 @@ class LLMEngine:
                 detok=IncrementalDetokenizer(self.tokenizer, ids, params.stop) if self.tokenizer else None,
                 rng=None if params.greedy else random.Random(params.seed),
                 arrival=seq.arrival,
+                matcher=matcher,
             )
             self._publish()
         return rid
@@ -392,8 +408,6 @@ class LLMEngine:
         t0 = time.monotonic()
         with self._lock:
             out = self.scheduler.schedule()
-            if not out:
-                return []
             now = t0
             # before any kernel of this step: the slots a swap-out leaves may already belong to another sequence
             for op in out.swap_out:
@@ -403,6 +417,11 @@ class LLMEngine:
                 self.swapper.copy_rings(out.ring_copies)
             for op in out.swap_in:
                 self.swapper.swap_in(op)
+            if not out:
+                # a step that computes nothing still does its copies: e.g. the snapshot due at a prefill's last
+                # chunk when that prefill yielded this step to a newcomer that then waits for it (skipped, the ring
+                # moves on and the index keeps a snapshot nobody wrote)
+                return []
             chunks = self.runner.order(out.chunks)
             rows = []
             for c in chunks:
@@ -411,7 +430,7 @@ class LLMEngine:
                     req.scheduled_at = now
                 if c.samples:
                     rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else [],
-                                          c.seq.request_id))
+                                          c.seq.request_id, req.matcher))
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
@@ -480,7 +499,12 @@ class LLMEngine:
         if lp is not None:
             chunk.logprobs = [TokenLogprob(token, lp[0], tuple(lp[1]))]
         reason = None
-        if not p.ignore_eos and token in self.eos_ids:
+        if req.matcher is not None and not req.matcher.accept_token(token):
+            # the mask allowed only tokens the matcher accepts: this is a bug, not the caller's fault
+            log.error("structured output: the sampled token %d was refused by its grammar", token,
+                      extra={"request_id": seq.request_id})
+            reason = FinishReason.ABORT
+        elif not p.ignore_eos and token in self.eos_ids:
             reason = FinishReason.EOS
         elif token in p.stop_token_ids:
             reason, chunk.stop_token_id = FinishReason.STOP, token
@@ -489,6 +513,8 @@ class LLMEngine:
                 req.detok.add(token)
             if req.detok.matched_stop is not None:
                 reason, chunk.stop = FinishReason.STOP, req.detok.matched_stop
+        if reason is None and req.matcher is not None and req.matcher.is_terminated():
+            reason = FinishReason.EOS  # the grammar is complete and took the end token (ignore_eos or not)
         if reason is None and seq.num_generated >= p.max_tokens:
             reason = FinishReason.LENGTH
         if reason is None:

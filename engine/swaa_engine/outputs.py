@@ -42,30 +42,32 @@ class StreamChunk:
     stop_token_id: int | None = None  # the stop token id that matched
     usage: Usage | None = None
     timings: Timings | None = None
+    index: int = 0  # the sample (0..n-1) of a request with n samples
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
-    """Consecutive chunks of one request as one: tokens, text and logprobs in order, the end fields of the last."""
+    """Consecutive chunks of one request's sample as one: tokens, text and logprobs in order, the end fields of the last."""
     if len(chunks) == 1:
         return chunks[0]
     last = chunks[-1]
     lps = [lp for c in chunks for lp in (c.logprobs or [])] if any(c.logprobs for c in chunks) else None
     return StreamChunk(last.request_id, [t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), lps,
-                       last.finished, last.finish_reason, last.stop, last.stop_token_id, last.usage, last.timings)
+                       last.finished, last.finish_reason, last.stop, last.stop_token_id, last.usage, last.timings, last.index)
 
 
 def take_ready(first, queue) -> tuple[object, object | None]:
     """``first`` merged with every StreamChunk already waiting in ``queue`` (an asyncio.Queue), without waiting.
 
     A consumer that lags (a slow client, a busy front end) then gets one message per wake-up instead of one per
-    token, so per-message costs stop growing with the backlog; a consumer that keeps up sees no change. Returns
-    (the merged chunk, a non-chunk item that ended the run, e.g. an exception, or None)."""
+    token, so per-message costs stop growing with the backlog; a consumer that keeps up sees no change. Only one
+    sample's chunks merge (a request with n samples shares one queue). Returns (the merged chunk, the item that ended
+    the run: an exception or another sample's chunk; or None)."""
     if not isinstance(first, StreamChunk) or first.finished:
         return first, None
     run = [first]
     while not queue.empty():
         item = queue.get_nowait()
-        if not isinstance(item, StreamChunk):
+        if not isinstance(item, StreamChunk) or item.index != first.index:
             return merge_chunks(run), item
         run.append(item)
         if item.finished:
@@ -88,6 +90,7 @@ class Completion:
 
     @classmethod
     def from_chunks(cls, prompt_ids: list[int], chunks: list[StreamChunk]) -> "Completion":
+        """From the chunks of one sample."""
         last = chunks[-1]
         assert last.finished
         lps = [lp for c in chunks for lp in (c.logprobs or [])] if any(c.logprobs for c in chunks) else None

@@ -22,6 +22,7 @@ class SampleRow:
     rng: random.Random | None  # None when greedy
     history: list[int]  # prompt + generated, for the repetition penalty (only ever appended to)
     key: str | None = None  # the request's id: its presence row in a TokenPresence is kept across steps
+    matcher: object | None = None  # structured output: an xgrammar GrammarMatcher (allowed tokens), advanced by the engine
 
 
 def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -107,8 +108,15 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
     n, vocab = logits.shape
     raw = logits
     want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    # logprobs are of the raw logits: taken before the penalty, which then changes the logits in place
+    # logprobs are of the raw logits: taken before the penalty and the grammar mask, which then change the logits
     logp = torch.log_softmax(raw if len(want) == n else raw[want], dim=-1) if want else None
+    masked = [i for i, r in enumerate(rows) if r.matcher is not None]
+    if masked:  # the host fills the masks while a GPU still runs the step's kernels (nothing above synchronized)
+        from swaa_engine.structured import mask_logits
+
+        logits = logits if inplace else logits.clone()
+        inplace = True
+        mask_logits(logits, masked, [rows[i].matcher for i in masked])
     penalized = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0 and r.history]
     if penalized:
         presence = presence if presence is not None and presence.vocab == vocab else TokenPresence(vocab, logits.device, len(penalized))

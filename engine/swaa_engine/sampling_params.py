@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 from swaa_engine.errors import InvalidRequestError
 
@@ -22,9 +23,38 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_LEN = 256
 MAX_STOP_TOKEN_IDS = 64  # each generated token is checked against them: the list must stay short
 MAX_LOGPROBS = 20
+MAX_N = 16  # samples per request
 # Below this a temperature is greedy: dividing logits by a tiny (or denormal) temperature overflows float32,
 # and the distribution it stands for is argmax anyway (a logit gap of 1e-4 is already a factor e^10).
 GREEDY_TEMPERATURE = 1e-5
+
+
+MAX_SPEC_CHARS = 64 << 10  # a schema, regex or grammar: compilation time and memory grow with it
+MAX_CHOICES = 64
+MAX_CHOICE_LEN = 256
+STRUCTURED_KINDS = ("json_schema", "regex", "grammar", "choices")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What the output must match: ``kind`` is one of ``STRUCTURED_KINDS``; ``spec`` is the JSON Schema (JSON
+    text), the regular expression, the EBNF grammar (start rule ``root``), or the tuple of choices. Only the sizes
+    are checked here (torch-free); whether the library accepts the spec is checked when it is compiled."""
+
+    kind: str
+    spec: str | tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check(self.kind in STRUCTURED_KINDS, "structured_output", f"kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
+        field = f"structured_output.{self.kind}"
+        if self.kind == "choices":
+            object.__setattr__(self, "spec", tuple(self.spec))
+            _check(0 < len(self.spec) <= MAX_CHOICES, field, f"1..{MAX_CHOICES} choices, got {len(self.spec)}")
+            for c in self.spec:
+                _check(isinstance(c, str) and 0 < len(c) <= MAX_CHOICE_LEN, field, f"each choice must have 1..{MAX_CHOICE_LEN} characters")
+        else:
+            _check(isinstance(self.spec, str) and self.spec.strip() != "", field, "must not be empty")
+            _check(len(self.spec) <= MAX_SPEC_CHARS, field, f"at most {MAX_SPEC_CHARS} characters, got {len(self.spec)}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +77,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    structured_output: StructuredOutput | None = None  # token masks force the output to match it
+    n: int = 1  # independent samples of the prompt (AsyncEngine fans them out: see ``sample_params``)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -69,12 +101,22 @@ class SamplingParams:
                f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}")
         for t in self.stop_token_ids:
             _check(isinstance(t, int) and t >= 0, "stop_token_ids", f"token ids must be >= 0, got {t}")
+        _check(isinstance(self.n, int) and 1 <= self.n <= MAX_N, "n", f"must be in [1, {MAX_N}], got {self.n}")
         if self.logprobs is not None:
             _check(isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs", f"must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+    def sample_params(self, index: int) -> "SamplingParams":
+        """The parameters of sample ``index`` of ``n``: one sequence each. A seeded request's sample 0 keeps the
+        seed (n = 1 and sample 0 agree) and sample i > 0 gets one derived from (seed, i), so each sample is
+        reproducible on its own; unseeded samples get independent random seeds from the engine."""
+        seed = self.seed
+        if seed is not None and index:
+            seed = random.Random(f"swaa-sample/{seed}/{index}").getrandbits(63)
+        return replace(self, n=1, seed=seed)
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:

@@ -140,6 +140,28 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=default(SamplingParams, "top_k"), help="sample among the k likeliest (0: off)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: a random one)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    s = g.add_mutually_exclusive_group()
+    s.add_argument("--json-schema", metavar="FILE", default=None, help="the output is JSON valid against this JSON Schema file")
+    s.add_argument("--regex", default=None, help="the output matches this regular expression")
+    s.add_argument("--grammar", metavar="FILE", default=None, help="the output follows this EBNF grammar file (start rule `root`)")
+    s.add_argument("--choice", action="append", default=None, help="the output is one of these strings (repeatable)")
+    g.add_argument("-n", type=int, default=default(SamplingParams, "n"), help="samples of the prompt (1-16; the prompt is computed once)")
+
+
+def structured_args(args) -> dict:
+    """The structured-output flags as the SDK's keywords (files read here)."""
+    out = {}
+    if args.json_schema:
+        with open(args.json_schema) as f:
+            out["json_schema"] = f.read()
+    if args.grammar:
+        with open(args.grammar) as f:
+            out["grammar"] = f.read()
+    if args.regex is not None:
+        out["regex"] = args.regex
+    if args.choice:
+        out["choices"] = tuple(args.choice)
+    return out
 
 
 def cmd_generate(args) -> int:
@@ -148,14 +170,19 @@ def cmd_generate(args) -> int:
 
 def _generate_offline(args) -> int:
     from swaa_engine.engine import LLMEngine
-    from swaa_engine.sampling_params import SamplingParams
+    from swaa_engine.sampling_params import SamplingParams, StructuredOutput
 
+    if args.n != 1:
+        print("error: -n: several samples need a server (swaa serve), not --offline", file=sys.stderr)
+        return 2
+    structured = [StructuredOutput(k, v) for k, v in structured_args(args).items()]
     config = engine_config_from_args(args)
     print(f"loading {config.model or 'embedded SmolLM2-135M-Instruct'} ({config.swaa.describe()}) …", file=sys.stderr)
     engine = LLMEngine(config)
     print(f"KV cache {_gib(engine.pool_plan.total_bytes)} ({engine.cache_budget_reason})", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop),
+                            structured_output=structured[0] if structured else None)
     engine.add_request(_prompt(args), params)
     while engine.has_work():
         for chunk in engine.step():
@@ -207,9 +234,18 @@ def _client(args):
 
 
 def _generate_remote(args) -> int:
+    kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+              seed=args.seed, stop=args.stop, **structured_args(args))
     with _client(args) as client:
-        for chunk in client.stream(_prompt(args), max_tokens=args.max_tokens, temperature=args.temperature,
-                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+        if args.n != 1:  # several samples: the whole answer, one sample after another (a stream interleaves them)
+            done = client.generate(_prompt(args), n=args.n, **kw)
+            for s in done.samples:
+                print(f"[sample {s.index}: {s.finish_reason.value}]", file=sys.stderr)
+                _write(s.text + ("" if s.text.endswith("\n") else "\n"))
+            _summary(f"{len(done.samples)} samples", done.usage.prompt_tokens, done.usage.completion_tokens,
+                     done.timings.ttft_s, done.timings.total_s)
+            return 0
+        for chunk in client.stream(_prompt(args), **kw):
             _write(chunk.text)
             if chunk.finished:
                 _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,

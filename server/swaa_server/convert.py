@@ -5,7 +5,7 @@ from __future__ import annotations
 from swaa_client._pb.swaa.v1 import generation_pb2 as pb
 from swaa_engine.intake import PromptBounds, check_request_id
 from swaa_engine.outputs import Completion, StreamChunk
-from swaa_engine.sampling_params import InvalidRequestError, SamplingParams
+from swaa_engine.sampling_params import InvalidRequestError, SamplingParams, StructuredOutput
 from swaa_engine.sequence import FinishReason
 from swaa_engine.swaa import AttentionKind, CacheKind
 
@@ -68,8 +68,10 @@ def prompt_of(req, bounds: PromptBounds | None = None) -> str | list[int] | list
     raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
 
 
-def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
+def sampling_of(s: pb.SamplingParameters, n: int = 1) -> SamplingParams:
+    """``n``: GenerateRequest.n (0, unset, is 1)."""
     return SamplingParams(
+        n=n or 1,
         temperature=s.temperature,
         top_k=s.top_k,
         top_p=s.top_p if s.HasField("top_p") else 1.0,
@@ -81,7 +83,18 @@ def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs if s.return_logprobs else None,
+        structured_output=structured_of(s),
     )
+
+
+def structured_of(s: pb.SamplingParameters) -> StructuredOutput | None:
+    if not s.HasField("structured_output"):
+        return None
+    kind = s.structured_output.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequestError("structured_output", "set one of json_schema, regex, grammar or choices")
+    value = getattr(s.structured_output, kind)
+    return StructuredOutput(kind, tuple(value.choices) if kind == "choices" else value)
 
 
 def _logprobs(chunk: StreamChunk | Completion):
@@ -102,13 +115,25 @@ def _final_fields(c: StreamChunk | Completion) -> dict:
 
 def chunk_pb(c: StreamChunk) -> pb.GenerateChunk:
     return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c),
-                            finished=c.finished, **(_final_fields(c) if c.finished else {}))
+                            finished=c.finished, index=c.index, **(_final_fields(c) if c.finished else {}))
 
 
 def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
-    merged = Completion.from_chunks([], chunks)
-    return pb.GenerateResponse(request_id=merged.request_id, token_ids=merged.token_ids, text=merged.text,
-                               logprobs=_logprobs(merged), **_final_fields(merged))
+    """Every sample's chunks (interleaved when n > 1) as one response: sample 0 at the top level, every sample in
+    ``samples``; usage counts the prompt once (sample 0's) and every sample's completion tokens."""
+    by_index: dict[int, list[StreamChunk]] = {}
+    for c in chunks:
+        by_index.setdefault(c.index, []).append(c)
+    done = [Completion.from_chunks([], by_index[i]) for i in sorted(by_index)]
+    samples = [pb.Sample(index=i, token_ids=d.token_ids, text=d.text, logprobs=_logprobs(d),
+                         **{k: v for k, v in _final_fields(d).items() if k not in ("usage", "timings")})
+               for i, d in zip(sorted(by_index), done)]
+    first = done[0]
+    fields = _final_fields(first)
+    fields["usage"].completion_tokens = sum(d.usage.completion_tokens for d in done)
+    fields["timings"].total_seconds = max(d.timings.total_s for d in done)
+    return pb.GenerateResponse(request_id=first.request_id, token_ids=first.token_ids, text=first.text,
+                               logprobs=_logprobs(first), samples=samples, **fields)
 
 
 def _pool(u: dict) -> pb.PoolUsage:

@@ -294,6 +294,7 @@ class ReplicaRouter:
         self._routes[rid] = _Route(i, self._pump_pid[i], q)  # registered before submit: the pump may deliver at once
         self._work[i] += weight + 1
         queued, finished = True, False  # queued: until the first chunk its prompt counts as outstanding work
+        left = params.n if params is not None else 1  # samples not finished (the replica fans n out)
         submit = None
         try:
             submit = asyncio.ensure_future(_await_ref(self.handles[i].submit.remote(prompt, params, rid)))
@@ -312,7 +313,8 @@ class ReplicaRouter:
                     queued = False
                     self._work[i] -= weight
                 if item.finished:
-                    finished = True
+                    left -= 1
+                    finished = not left
                     for listener in self.listeners:
                         _safe(listener.on_finish, item, replica=str(i))
                 yield item

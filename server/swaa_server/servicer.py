@@ -61,7 +61,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
 
     def _request(self, request):
-        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling)
+        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling, request.n)
 
     async def Generate(self, request, context):
         await self._ready(context)

@@ -3,15 +3,18 @@
 question tail)."""
 
 import random
+from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swaa_engine.config import CacheConfig, SchedulerConfig
 from swaa_engine.kv_cache.manager import CacheManager
 from swaa_engine.kv_cache.prefix import PrefixCache
 from swaa_engine.sampling_params import SamplingParams
 from swaa_engine.scheduler import Scheduler
-from swaa_engine.sequence import Sequence
+from swaa_engine.sequence import FinishReason, Sequence, SeqStatus
 from swaa_engine.swaa import SWAAConfig, canonical_configs
 
 BS = 8
@@ -179,12 +182,6 @@ def test_greedy_output_is_the_same_with_the_cache(name, tiny_qwen3):
 
 
 # -- random workloads under pressure (hypothesis) ----------------------------------------------------
-from collections import Counter  # noqa: E402
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from swaa_engine.sequence import FinishReason, SeqStatus  # noqa: E402
 
 
 def check_shared_accounting(sched, mgr):
@@ -236,3 +233,25 @@ def test_random_shared_workloads_finish_with_exact_accounting(cfg, reqs, blocks,
     assert mgr.is_idle()
     for _, s in arrivals:
         assert s.finished and (s.finish_reason is FinishReason.ABORT or s.num_generated == s.params.max_tokens)
+
+def test_snapshots_due_in_a_step_that_computes_nothing_are_copied(tiny_qwen3):
+    """Requests racing on one long new prompt (or n samples of it): the first one's prefill yields a step to the
+    next, which then waits for that prefill, so the step computes nothing; the snapshot due then must still be
+    copied (it was skipped: the ring moved on, and later prompts sharing the prefix restored stale KV)."""
+    from swaa_engine.engine import LLM
+
+    folder, _ = tiny_qwen3
+
+    def llm(prefix: bool):
+        return LLM(folder, swaa=SWAAConfig(window=16, sinks=2, fa_layers=[1]), max_model_len=512,
+                   cache=CacheConfig(block_size=BS, budget_bytes=4 << 20, prefix_caching=prefix))
+
+    cached, plain = llm(True), llm(False)
+    prompt = [random.Random(2).randrange(384) for _ in range(200)]
+    cached.generate([prompt] * 4, SamplingParams(max_tokens=4, ignore_eos=True))
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    probes = [prompt[:k] for k in (30, 52, 100, 170)]
+    a = [cached.generate([p], params)[0] for p in probes]  # one by one: each resumes from the racers' snapshots
+    b = plain.generate(probes, params)
+    assert all(o.usage.cached_tokens >= 24 for o in a)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
