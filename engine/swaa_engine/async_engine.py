@@ -193,6 +193,10 @@ class AsyncEngine:
         """Token ids of a prompt (CountTokens), through the same bounded intake as requests."""
         return await asyncio.wrap_future(self._submit(self.engine.tokenize, prompt))
 
+    async def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids (Detokenize), on the same bounded intake threads."""
+        return await asyncio.wrap_future(self._submit(self.engine.detokenize, token_ids, skip_special_tokens))
+
     async def _drain(self, rid: str, q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         finished = False
         pending = None

@@ -72,6 +72,11 @@ class GenerationStub:
                 request_serializer=swaa_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=swaa_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/swaa.v1.Generation/Detokenize',
+                request_serializer=swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/swaa.v1.Generation/GetModelInfo',
                 request_serializer=swaa_dot_v1_dot_generation__pb2.GetModelInfoRequest.SerializeToString,
@@ -130,6 +135,13 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Detokenize(self, request, context):
+        """Token ids back to text with the model's tokenizer (ids outside the vocabulary: INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Model, SWAA configuration, per-layer cache layout and cache capacity.
         """
@@ -159,6 +171,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=swaa_dot_v1_dot_generation__pb2.CountTokensRequest.FromString,
                     response_serializer=swaa_dot_v1_dot_generation__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.FromString,
+                    response_serializer=swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -292,6 +309,33 @@ class Generation:
             '/swaa.v1.Generation/CountTokens',
             swaa_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
             swaa_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swaa.v1.Generation/Detokenize',
+            swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.SerializeToString,
+            swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
