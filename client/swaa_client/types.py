@@ -48,6 +48,7 @@ class Chunk:
     stop_token_id: int | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # first chunk only, with prompt_logprobs: prompt tokens 1…n-1
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,19 @@ class Completion:
     logprobs: tuple[TokenLogprob, ...] = ()
     stop: str | None = None
     stop_token_id: int | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with prompt_logprobs: one per prompt token after the first
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The tokenizer's special tokens (ids None when the model has none)."""
+
+    bos_id: int | None = None
+    bos: str = ""
+    eos_ids: tuple[int, ...] = ()  # every id that ends generation
+    eos: str = ""
+    pad_id: int | None = None
+    pad: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,3 +153,5 @@ class ModelInfo:
     cache_budget: str = ""
     preemptions: Preemptions = Preemptions()
     prefix_cache: PrefixCache = PrefixCache()
+    chat_template: str = ""  # Jinja, as the server renders chat messages with (empty: the model has none)
+    special_tokens: SpecialTokens = SpecialTokens()

@@ -140,6 +140,33 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=default(SamplingParams, "top_k"), help="sample among the k likeliest (0: off)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling (default: a random one)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--presence-penalty", type=float, default=default(SamplingParams, "presence_penalty"),
+                   help="subtracted once from each token already generated ([-2, 2])")
+    g.add_argument("--frequency-penalty", type=float, default=default(SamplingParams, "frequency_penalty"),
+                   help="subtracted per time a token was generated ([-2, 2])")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", type=_bias,
+                   help="add BIAS ([-100, 100]) to token ID's logit (repeatable)")
+    g.add_argument("--min-tokens", type=int, default=default(SamplingParams, "min_tokens"),
+                   help="no EOS or stop token id before this many tokens")
+    g.add_argument("--bad-word", action="append", default=[], help="a word never generated (repeatable)")
+    g.add_argument("--ban-token-id", action="append", default=[], type=int, help="a token id never generated (repeatable)")
+    g.add_argument("--priority", type=int, default=default(SamplingParams, "priority"),
+                   help="higher is admitted first (equal: first come first served)")
+
+
+def _bias(text: str) -> tuple[int, float]:
+    tok, sep, bias = text.partition("=")
+    try:
+        return int(tok), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID=BIAS, e.g. 42=-5.5, got {text!r}") from None
+
+
+def _controls(args) -> dict:
+    """The sampling controls of ``swaa generate`` as keywords, the same for SamplingParams and the SDK."""
+    return dict(presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                logit_bias=dict(args.logit_bias), min_tokens=args.min_tokens, bad_words=tuple(args.bad_word),
+                banned_token_ids=tuple(args.ban_token_id), priority=args.priority)
 
 
 def cmd_generate(args) -> int:
@@ -155,7 +182,7 @@ def _generate_offline(args) -> int:
     engine = LLMEngine(config)
     print(f"KV cache {_gib(engine.pool_plan.total_bytes)} ({engine.cache_budget_reason})", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **_controls(args))
     engine.add_request(_prompt(args), params)
     while engine.has_work():
         for chunk in engine.step():
@@ -209,7 +236,8 @@ def _client(args):
 def _generate_remote(args) -> int:
     with _client(args) as client:
         for chunk in client.stream(_prompt(args), max_tokens=args.max_tokens, temperature=args.temperature,
-                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
+                                   **_controls(args)):
             _write(chunk.text)
             if chunk.finished:
                 _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,

@@ -68,7 +68,8 @@ def prompt_of(req, bounds: PromptBounds | None = None) -> str | list[int] | list
     raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
 
 
-def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
+def sampling_of(s: pb.SamplingParameters, priority: int = 0, timeout: float | None = None) -> SamplingParams:
+    """``priority``: the GenerateRequest's; ``timeout``: seconds left of the call's gRPC deadline (None: none)."""
     return SamplingParams(
         temperature=s.temperature,
         top_k=s.top_k,
@@ -81,12 +82,21 @@ def sampling_of(s: pb.SamplingParameters) -> SamplingParams:
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs if s.return_logprobs else None,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        logit_bias=dict(s.logit_bias),
+        min_tokens=s.min_tokens,
+        bad_words=tuple(s.bad_words),
+        banned_token_ids=tuple(s.banned_token_ids),
+        prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None,
+        priority=priority,
+        timeout=None if timeout is None else max(0.0, timeout),
     )
 
 
-def _logprobs(chunk: StreamChunk | Completion):
+def _logprobs(lps):
     return [pb.TokenLogprob(token_id=l.token_id, logprob=l.logprob, top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in l.top])
-            for l in (chunk.logprobs or [])]
+            for l in (lps or [])]
 
 
 def _final_fields(c: StreamChunk | Completion) -> dict:
@@ -101,14 +111,16 @@ def _final_fields(c: StreamChunk | Completion) -> dict:
 
 
 def chunk_pb(c: StreamChunk) -> pb.GenerateChunk:
-    return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c),
-                            finished=c.finished, **(_final_fields(c) if c.finished else {}))
+    return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c.logprobs),
+                            finished=c.finished, prompt_logprobs=_logprobs(c.prompt_logprobs),
+                            **(_final_fields(c) if c.finished else {}))
 
 
 def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
     merged = Completion.from_chunks([], chunks)
     return pb.GenerateResponse(request_id=merged.request_id, token_ids=merged.token_ids, text=merged.text,
-                               logprobs=_logprobs(merged), **_final_fields(merged))
+                               logprobs=_logprobs(merged.logprobs), prompt_logprobs=_logprobs(merged.prompt_logprobs),
+                               **_final_fields(merged))
 
 
 def _pool(u: dict) -> pb.PoolUsage:
@@ -140,4 +152,6 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
         replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
         cache_bytes=snap.cache_bytes, cache_budget=snap.cache_budget,
         preemptions=pb.Preemptions(**pre), prefix_cache=pb.PrefixCache(**prefix),
+        chat_template=snap.chat_template,
+        special_tokens=pb.SpecialTokens(**{k: v for k, v in snap.special_tokens.items() if v is not None}),
     )
