@@ -222,3 +222,19 @@ def test_async_detokenize_and_info(chat, tok):
             return await c.detokenize(tok.encode("hi there", add_special_tokens=False)), await c.model_info()
     text, info = asyncio.run(go())
     assert text == "hi there" and info.special_tokens.eos == tok.eos_token
+
+
+def test_swaa_generate_flags_reach_the_server(chat, client, tok, capsys):
+    from swaa_server.cli import main
+
+    word = tok.encode(" Paris", add_special_tokens=False)[0]
+    kw = dict(max_tokens=4, logit_bias={word: 100.0, 11: 99.0}, bad_words=["Paris"], min_tokens=2, priority=2,
+              presence_penalty=0.5, frequency_penalty=0.5, banned_token_ids=[12])
+    expected = client.generate("Hello", **kw)
+    assert word not in expected.token_ids and 11 in expected.token_ids  # the bias and the bad word both applied
+    rc = main(["generate", "Hello", "--no-chat", "--target", chat.target, "--max-tokens", "4", "--logit-bias", f"{word}=100",
+               "--logit-bias", "11=99", "--bad-word", "Paris", "--min-tokens", "2", "--priority", "2",
+               "--presence-penalty", "0.5", "--frequency-penalty", "0.5", "--ban-token-id", "12"])
+    out = capsys.readouterr().out  # the server's log lines share this stdout: the answer is the rest
+    answer = "\n".join(l for l in out.splitlines() if not l.startswith("20") or "[info" not in l)
+    assert rc == 0 and answer.rstrip("\n") == expected.text

@@ -44,6 +44,8 @@ class GenerationStub:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     def __init__(self, channel):
@@ -103,6 +105,8 @@ class GenerationServicer:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     def Generate(self, request, context):
@@ -209,6 +213,8 @@ class Generation:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     @staticmethod
