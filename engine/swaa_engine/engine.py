@@ -489,7 +489,7 @@ class LLMEngine:
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             # outside the lock: aborts may land meanwhile (freed after)
-            result = self.runner.execute(chunks, rows, scores or None)
+            result = self.runner.execute(chunks, rows, scores) if scores else self.runner.execute(chunks, rows)
         except Exception as e:
             with self._lock:
                 self._in_step = set()
