@@ -183,15 +183,13 @@ def test_deadline_while_running_frees_its_slots(chat):
     assert chat.wait_idle(5)
 
 
-def test_engine_ends_a_request_at_its_deadline():
-    """The engine side alone: the servicer's time_remaining becomes the engine's deadline (DEADLINE finish)."""
-    from swaa_engine.sequence import FinishReason as EngineFinish
+def test_sampling_of_carries_priority_and_the_remaining_deadline():
     from swaa_server import convert
 
     params = convert.sampling_of(pb.SamplingParameters(max_tokens=8), priority=3, timeout=0.25)
     assert params.timeout == 0.25 and params.priority == 3
-    assert convert.sampling_of(pb.SamplingParameters(), timeout=-1.0).timeout == 0.0
-    assert EngineFinish.DEADLINE.value == "deadline"
+    assert convert.sampling_of(pb.SamplingParameters(), timeout=-1.0).timeout == 0.0  # already past: ends at once
+    assert convert.sampling_of(pb.SamplingParameters()).timeout is None
 
 
 # -- item 5: Detokenize, chat template and special tokens -----------------------------------------------------------
@@ -238,3 +236,58 @@ def test_swaa_generate_flags_reach_the_server(chat, client, tok, capsys):
     out = capsys.readouterr().out  # the server's log lines share this stdout: the answer is the rest
     answer = "\n".join(l for l in out.splitlines() if not l.startswith("20") or "[info" not in l)
     assert rc == 0 and answer.rstrip("\n") == expected.text
+
+
+def test_servicer_maps_an_engine_deadline_to_deadline_exceeded():
+    """The engine ended the request at its deadline (before gRPC's own timer fired): the call ends DEADLINE_EXCEEDED,
+    after the tokens it had made (streaming)."""
+    from swaa_engine.outputs import StreamChunk, Timings, Usage
+    from swaa_engine.sequence import FinishReason as EngineFinish
+    from swaa_server.servicer import GenerationServicer
+
+    final = StreamChunk("r", [7, 8], "ab", finished=True, finish_reason=EngineFinish.DEADLINE, usage=Usage(2, 2),
+                        timings=Timings(0.0, 0.1, 0.2))
+
+    class Front:
+        seen = None
+
+        def bounds(self):
+            return None
+
+        async def stream(self, prompt, params, rid):
+            Front.seen = params
+            yield final
+
+        async def generate(self, prompt, params, rid):
+            return [final]
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        code = None
+
+        def time_remaining(self):
+            return 0.75
+
+        async def abort(self, code, details):
+            Context.code = code
+            raise Aborted(details)
+
+    req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 2]), priority=4)
+    servicer = GenerationServicer(Front())
+
+    async def go():
+        sent = []
+        with pytest.raises(Aborted):
+            async for msg in servicer.Generate(req, Context()):
+                sent.append(msg)
+        assert [list(m.token_ids) for m in sent] == [[7, 8]] and not sent[0].finished
+        assert Context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        Context.code = None
+        with pytest.raises(Aborted):
+            await servicer.GenerateOnce(req, Context())
+        assert Context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    asyncio.run(go())
+    assert Front.seen.timeout == 0.75 and Front.seen.priority == 4
