@@ -267,8 +267,9 @@ class Scheduler:
         while self.waiting and budget - used > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             # prompt logprobs need every prompt position's logits: nothing of such a prompt is taken from the cache
-            m = PrefixMatch(0) if seq.params.prompt_logprobs is not None else self.cache.lookup(seq)
-            if self._prefix_in_flight(seq, m):
+            scored = seq.params.prompt_logprobs is not None
+            m = PrefixMatch(0) if scored else self.cache.lookup(seq)
+            if not scored and self._prefix_in_flight(seq, m):
                 deferred.append(self.waiting.popleft())  # waits for the running prefill that computes its prefix
                 continue
             if only_short and seq.num_uncomputed - m.length > budget - used:
@@ -329,7 +330,7 @@ class Scheduler:
         pc = self.cache.prefix
         if pc is None or seq.num_computed or seq.swapped is not None:
             return
-        if seq.num_preemptions == 0:
+        if seq.num_preemptions == 0 and seq.params.prompt_logprobs is None:  # only lookups count toward the hit rate
             pc.stats.queried_tokens += seq.num_prompt
             pc.stats.hit_tokens += m.length
             seq.prefix.cached_tokens = m.length

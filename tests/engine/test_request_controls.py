@@ -140,8 +140,10 @@ def test_prompt_logprobs_match_the_reference_and_skip_the_prefix_cache(tiny, tin
     hf = tiny_qwen3[1]
     prompt = list(range(3, 83))  # several chunks of 32
     tiny.generate(prompt, SamplingParams(max_tokens=1))  # now cached
+    queried = tiny.engine.cache.prefix.stats.queried_tokens
     out = tiny.generate(prompt, SamplingParams(max_tokens=2, prompt_logprobs=3))[0]
     assert out.usage.cached_tokens == 0
+    assert tiny.engine.cache.prefix.stats.queried_tokens == queried  # no lookup: not a miss of the hit rate
     lps = out.prompt_logprobs
     assert [l.token_id for l in lps] == prompt[1:]
     with torch.no_grad():
