@@ -11,12 +11,12 @@ from swaa_client.client import Client
 from swaa_client.errors import (AlreadyExistsError, CancelledError, DeadlineExceededError, FieldViolation, InternalError, InvalidArgumentError,
                                 NotFoundError, PermissionDeniedError, ResourceExhaustedError, SwaaError,
                                 UnauthenticatedError, UnavailableError)
-from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, PrefixCache, ReplicaStatus, Sample,
+from swaa_client.types import (Chunk, Completion, FinishReason, LayerInfo, ModelInfo, PoolUsage, Preemptions, PrefixCache, ReplicaStatus, Sample, SpecialTokens,
                                Timings, TokenLogprob, Usage)
 
 __all__ = [
     "Client", "AsyncClient", "RetryPolicy", "NO_RETRY",
-    "Chunk", "Completion", "FinishReason", "LayerInfo", "ModelInfo", "PoolUsage", "Preemptions", "PrefixCache", "ReplicaStatus", "Sample", "Timings",
+    "Chunk", "Completion", "FinishReason", "LayerInfo", "ModelInfo", "PoolUsage", "Preemptions", "PrefixCache", "ReplicaStatus", "Sample", "SpecialTokens", "Timings",
     "TokenLogprob", "Usage",
     "SwaaError", "FieldViolation", "InvalidArgumentError", "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
     "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "CancelledError", "NotFoundError", "InternalError",

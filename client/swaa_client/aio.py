@@ -70,6 +70,12 @@ class AsyncClient(ClientBase):
         _convert.set_prompt(req, prompt)
         return list((await self._unary(self._stub.CountTokens, req, timeout or self.timeout, self.retry)).token_ids)
 
+    async def detokenize(self, token_ids: Sequence[int], *, skip_special_tokens: bool = False,
+                   timeout: float | None = None) -> str:
+        """The text of ``token_ids`` with the server's tokenizer (``skip_special_tokens``: leave bos/eos/… out)."""
+        req = _convert.detokenize_request(token_ids, skip_special_tokens)
+        return (await self._unary(self._stub.Detokenize, req, timeout or self.timeout, self.retry)).text
+
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         msg = await self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout or self.timeout, self.retry)
         return _convert.model_info(msg)

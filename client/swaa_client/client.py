@@ -91,6 +91,12 @@ class Client(ClientBase):
         _convert.set_prompt(req, prompt)
         return list(self._unary(self._stub.CountTokens, req, timeout or self.timeout, self.retry).token_ids)
 
+    def detokenize(self, token_ids: Sequence[int], *, skip_special_tokens: bool = False,
+                   timeout: float | None = None) -> str:
+        """The text of ``token_ids`` with the server's tokenizer (``skip_special_tokens``: leave bos/eos/… out)."""
+        req = _convert.detokenize_request(token_ids, skip_special_tokens)
+        return (self._unary(self._stub.Detokenize, req, timeout or self.timeout, self.retry)).text
+
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """Model, context limit, SWAA config, per-layer cache layout and cache capacity/usage."""
         return _convert.model_info(self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout or self.timeout, self.retry))

@@ -49,6 +49,7 @@ class Chunk:
     usage: Usage | None = None
     timings: Timings | None = None
     index: int = 0  # the sample (0..n-1) this chunk belongs to; a stream with n > 1 interleaves them
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # first chunk only, with prompt_logprobs: prompt tokens 1…n-1
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,19 @@ class Completion:
     stop: str | None = None
     stop_token_id: int | None = None
     samples: tuple[Sample, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with prompt_logprobs: one per prompt token after the first
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The tokenizer's special tokens (ids None when the model has none)."""
+
+    bos_id: int | None = None
+    bos: str = ""
+    eos_ids: tuple[int, ...] = ()  # every id that ends generation
+    eos: str = ""
+    pad_id: int | None = None
+    pad: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,3 +169,5 @@ class ModelInfo:
     cache_budget: str = ""
     preemptions: Preemptions = Preemptions()
     prefix_cache: PrefixCache = PrefixCache()
+    chat_template: str = ""  # Jinja, as the server renders chat messages with (empty: the model has none)
+    special_tokens: SpecialTokens = SpecialTokens()

@@ -243,6 +243,11 @@ class AsyncEngine:
         """Token ids of a prompt (CountTokens), through the same bounded intake as requests."""
         return await asyncio.wrap_future(self._submit(self.engine.tokenize, prompt))
 
+    async def detokenize(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids (Detokenize), on the same bounded intake threads."""
+        return await asyncio.wrap_future(self._submit(self.engine.detokenize, token_ids, skip_special_tokens))
+
+
     async def _drain(self, ids: list[str], q: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         left = len(ids)  # samples not finished yet
         pending = None

@@ -118,6 +118,11 @@ class _Request:
     matcher: object | None = None  # structured output's xgrammar GrammarMatcher
     scheduled_at: float | None = None
     first_token_at: float | None = None
+    always_masked: tuple[int, ...] = ()  # banned token ids and one-token bad words
+    bad_words: tuple[tuple[int, ...], ...] = ()  # bad words of several tokens
+    # prompt logprobs computed so far (entry p scores prompt token p + 1); None when not asked for
+    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs_sent: bool = False
 
 
 class LLMEngine:
@@ -345,13 +350,70 @@ class LLMEngine:
             raise InvalidRequestError("prompt", f"{len(prompt_ids)} tokens; the limit is {self.max_model_len - 1} (max_model_len {self.max_model_len} minus one generated token)")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise InvalidRequestError("max_tokens", f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed max_model_len {self.max_model_len}: with this max_tokens the longest prompt accepted is {self.max_model_len - params.max_tokens} tokens; lower max_tokens (default {SamplingParams.max_tokens}) for a longer prompt")
-        for t in params.stop_token_ids:
-            if t >= self.dims.vocab_size:
-                raise InvalidRequestError("stop_token_ids", f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")
+        for name, ids in (("stop_token_ids", params.stop_token_ids), ("banned_token_ids", params.banned_token_ids),
+                          ("logit_bias", [t for t, _ in params.logit_bias])):
+            for t in ids:
+                if t >= self.dims.vocab_size:
+                    raise InvalidRequestError(name, f"token id {t} outside the vocabulary [0, {self.dims.vocab_size})")
         if params.stop:
             self._need_tokenizer("stop")
         if params.n != 1:  # one sequence per request here; AsyncEngine fans n out into sequences
             raise InvalidRequestError("n", f"the engine takes one sample per sequence (AsyncEngine serves n > 1), got n={params.n}")
+        if params.bad_words:
+            self._need_tokenizer("bad_words")
+
+    def bad_word_ids(self, words: Seq[str]) -> set[tuple[int, ...]]:
+        """The token sequences of each word, as written and after a space (how it appears mid-text)."""
+        out = set()
+        for w in words:
+            for text in (w, " " + w.lstrip(" ")):
+                ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+                if ids:
+                    out.add(ids)
+        return out
+
+    def _masked(self, req: _Request) -> tuple[int, ...]:
+        """Token ids ``req`` cannot pick next: banned ones, EOS and stop ids before min_tokens, and the last token
+        of each bad word whose other tokens the generated text ends with."""
+        seq, p = req.seq, req.seq.params
+        out = list(req.always_masked)
+        if seq.num_generated < p.min_tokens:
+            out += p.stop_token_ids
+            if not p.ignore_eos:
+                out += self.eos_ids
+        for w in req.bad_words:
+            k = len(w) - 1
+            if seq.num_generated >= k and tuple(seq.token_ids[-k:]) == w[:-1]:
+                out.append(w[-1])
+        return tuple(out)
+
+    def detokenize(self, token_ids: Seq[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids (validated: in the vocabulary, at most max_model_len of them)."""
+        self._need_tokenizer("token_ids")
+        if len(token_ids) > self.max_model_len:
+            raise InvalidRequestError("token_ids", f"{len(token_ids)} ids; at most max_model_len = {self.max_model_len}")
+        for t in token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.dims.vocab_size:
+                raise InvalidRequestError("token_ids", f"token id {t!r} outside the vocabulary [0, {self.dims.vocab_size})")
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    @functools.cached_property
+    def special_tokens(self) -> dict:
+        """bos/eos/pad ids and strings (the fields of swaa.v1.SpecialTokens; ids None when the model has none)."""
+        tok = self.tokenizer
+        def get(name):
+            v = getattr(tok, name, None) if tok is not None else None
+            return v if isinstance(v, (int, str)) else None
+        bos_id = get("bos_token_id")
+        if bos_id is None and isinstance(getattr(self.hf_config, "bos_token_id", None), int):
+            bos_id = self.hf_config.bos_token_id
+        return dict(bos_id=bos_id, bos=get("bos_token") or "", eos_ids=sorted(self.eos_ids), eos=get("eos_token") or "",
+                    pad_id=get("pad_token_id"), pad=get("pad_token") or "")
+
+    @property
+    def chat_template(self) -> str:
+        t = getattr(self.tokenizer, "chat_template", None) if self.tokenizer is not None else None
+        return t if isinstance(t, str) else ""
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         """Queue a request; raises InvalidRequestError, RequestIdInUseError or QueueFullError without side effects."""
@@ -365,10 +427,12 @@ class LLMEngine:
         return self._add(prompt, params, sequence_id)
 
     def _add(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> str:
+        received = time.monotonic()  # the deadline counts from here (tokenizing included)
         ids = self.tokenize(prompt)
         self.validate(ids, params)
         # compiled here, on the caller's thread (the server's intake pool), not on the engine thread
         matcher = self.grammars.matcher(params.structured_output) if params.structured_output is not None else None
+        bad = self.bad_word_ids(params.bad_words) if params.bad_words else set()
         rid = request_id or uuid.uuid4().hex
         with self._lock:
             if self.dead is not None:
@@ -377,7 +441,8 @@ class LLMEngine:
                 raise RequestIdInUseError(rid)
             if params.seed is None and not params.greedy:
                 params = replace(params, seed=self._seed_rng.getrandbits(63))
-            seq = Sequence(rid, list(ids), params, arrival=time.monotonic())
+            seq = Sequence(rid, list(ids), params, arrival=time.monotonic(),
+                           deadline=None if params.timeout is None else received + params.timeout)
             self.scheduler.add(seq)
             self._requests[rid] = _Request(
                 seq=seq,
@@ -385,6 +450,9 @@ class LLMEngine:
                 rng=None if params.greedy else random.Random(params.seed),
                 arrival=seq.arrival,
                 matcher=matcher,
+                always_masked=tuple(sorted(set(params.banned_token_ids) | {w[0] for w in bad if len(w) == 1})),
+                bad_words=tuple(sorted(w for w in bad if len(w) > 1)),
+                prompt_logprobs=[] if params.prompt_logprobs is not None else None,
             )
             self._publish()
         return rid
@@ -407,6 +475,7 @@ class LLMEngine:
     def step(self) -> list[StreamChunk]:
         t0 = time.monotonic()
         with self._lock:
+            late = self._expire(t0)
             out = self.scheduler.schedule()
             now = t0
             # before any kernel of this step: the slots a swap-out leaves may already belong to another sequence
@@ -421,19 +490,26 @@ class LLMEngine:
                 # a step that computes nothing still does its copies: e.g. the snapshot due at a prefill's last
                 # chunk when that prefill yielded this step to a newcomer that then waits for it (skipped, the ring
                 # moves on and the index keeps a snapshot nobody wrote)
-                return []
+                if late:
+                    self._publish()
+                return late
             chunks = self.runner.order(out.chunks)
-            rows = []
+            rows, scores = [], {}
             for c in chunks:
                 req = self._requests[c.seq.request_id]
+                p = c.seq.params
                 if req.scheduled_at is None:
                     req.scheduled_at = now
+                if req.prompt_logprobs is not None and len(req.prompt_logprobs) < c.seq.num_prompt - 1:
+                    scores[c.seq.request_id] = (len(req.prompt_logprobs), p.prompt_logprobs)
                 if c.samples:
-                    rows.append(SampleRow(c.seq.params, req.rng, c.seq.token_ids if c.seq.params.repetition_penalty != 1.0 else [],
-                                          c.seq.request_id, req.matcher))
+                    penalized = p.repetition_penalty != 1.0 or p.penalizes_output
+                    rows.append(SampleRow(p, req.rng, c.seq.token_ids if penalized else [], c.seq.request_id, req.matcher,
+                                          num_prompt=c.seq.num_prompt, masked=self._masked(req)))
             self._in_step = {c.seq.request_id for c in chunks}
         try:
-            result = self.runner.execute(chunks, rows)  # outside the lock: aborts may land meanwhile (freed after)
+            # outside the lock: aborts may land meanwhile (freed after)
+            result = self.runner.execute(chunks, rows, scores) if scores else self.runner.execute(chunks, rows)
         except Exception as e:
             with self._lock:
                 self._in_step = set()
@@ -453,8 +529,13 @@ class LLMEngine:
             self._in_step = set()
             self.scheduler.release_deferred()
             self.scheduler.advance(out)
-            emitted = []
+            emitted = late
             now = time.monotonic()
+            for rid, lps in ((result.prompt_logprobs or {}) if result is not None else {}).items():
+                req = self._requests.get(rid)
+                if req is not None and req.prompt_logprobs is not None:
+                    req.prompt_logprobs += [TokenLogprob(tok, lp, tuple(top)) for tok, (lp, top)
+                                            in zip(req.seq.token_ids[len(req.prompt_logprobs) + 1:], lps)]
             sampled = [c for c in chunks if c.samples]
             for i, c in enumerate(sampled):
                 req = self._requests.get(c.seq.request_id)
@@ -467,6 +548,11 @@ class LLMEngine:
             self.step_seconds += now - t0
             self._publish()
             return emitted
+
+    def _expire(self, now: float) -> list[StreamChunk]:
+        """Final chunks of the requests whose deadline passed (under the lock, between steps: their slots are free)."""
+        return [self._final_chunk(self._requests[s.request_id], StreamChunk(s.request_id), now)
+                for s in self.scheduler.expire(now) if s.request_id in self._requests]
 
     def _check_failure(self, cause: BaseException) -> str | None:
         """After a step raised (under the lock): probe the device; if the probe fails or this is the
@@ -496,6 +582,8 @@ class LLMEngine:
         if req.first_token_at is None:
             req.first_token_at = now
         chunk = StreamChunk(seq.request_id, token_ids=[token])
+        if req.prompt_logprobs is not None and not req.prompt_logprobs_sent:
+            chunk.prompt_logprobs, req.prompt_logprobs_sent = list(req.prompt_logprobs), True
         if lp is not None:
             chunk.logprobs = [TokenLogprob(token, lp[0], tuple(lp[1]))]
         reason = None

@@ -43,6 +43,11 @@ class StreamChunk:
     usage: Usage | None = None
     timings: Timings | None = None
     index: int = 0  # the sample (0..n-1) of a request with n samples
+    prompt_logprobs: list[TokenLogprob] | None = None  # the first chunk of a request that asked for them
+
+
+def _prompt_logprobs(chunks) -> list[TokenLogprob] | None:
+    return next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
@@ -52,7 +57,8 @@ def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
     last = chunks[-1]
     lps = [lp for c in chunks for lp in (c.logprobs or [])] if any(c.logprobs for c in chunks) else None
     return StreamChunk(last.request_id, [t for c in chunks for t in c.token_ids], "".join(c.text for c in chunks), lps,
-                       last.finished, last.finish_reason, last.stop, last.stop_token_id, last.usage, last.timings, last.index)
+                       last.finished, last.finish_reason, last.stop, last.stop_token_id, last.usage, last.timings, last.index,
+                       _prompt_logprobs(chunks))
 
 
 def take_ready(first, queue) -> tuple[object, object | None]:
@@ -87,6 +93,7 @@ class Completion:
     logprobs: list[TokenLogprob] | None
     usage: Usage
     timings: Timings
+    prompt_logprobs: list[TokenLogprob] | None = None  # entry i scores prompt token i + 1
 
     @classmethod
     def from_chunks(cls, prompt_ids: list[int], chunks: list[StreamChunk]) -> "Completion":
@@ -105,4 +112,5 @@ class Completion:
             logprobs=lps,
             usage=last.usage,
             timings=last.timings,
+            prompt_logprobs=_prompt_logprobs(chunks),
         )

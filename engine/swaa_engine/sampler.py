@@ -20,9 +20,11 @@ from swaa_engine.sampling_params import SamplingParams
 class SampleRow:
     params: SamplingParams
     rng: random.Random | None  # None when greedy
-    history: list[int]  # prompt + generated, for the repetition penalty (only ever appended to)
+    history: list[int]  # prompt + generated, for the penalties (only ever appended to; empty when none applies)
     key: str | None = None  # the request's id: its presence row in a TokenPresence is kept across steps
     matcher: object | None = None  # structured output: an xgrammar GrammarMatcher (allowed tokens), advanced by the engine
+    num_prompt: int = 0  # history[num_prompt:] were generated (presence and frequency penalties count those only)
+    masked: tuple[int, ...] = ()  # token ids that cannot be picked this step (banned, bad words, EOS before min_tokens)
 
 
 def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -38,11 +40,13 @@ class TokenPresence:
     incrementally: a row is filled from the whole history once, then each step scatters only the tokens appended
     since (one upload for the batch), instead of rebuilding a sorted set over the context per row per step.
 
-    ``drop`` (any thread) frees a finished request's row; rows are reused, the table doubles when full."""
+    ``counts``: float32 rows counting each generated token instead (``history[num_prompt:]``: the presence and
+    frequency penalties). ``drop`` (any thread) frees a finished request's row; rows are reused, the table doubles
+    when full."""
 
-    def __init__(self, vocab: int, device: torch.device, capacity: int = 8):
-        self.vocab, self.device = vocab, device
-        self.table = torch.zeros(capacity, vocab, dtype=torch.bool, device=device)
+    def __init__(self, vocab: int, device: torch.device, capacity: int = 8, counts: bool = False):
+        self.vocab, self.device, self.counts = vocab, device, counts
+        self.table = torch.zeros(capacity, vocab, dtype=torch.float32 if counts else torch.bool, device=device)
         self._rows: dict[str, list[int]] = {}  # key -> [row, tokens of its history already in the row]
         self._free = list(range(capacity - 1, -1, -1))
         self._lock = threading.Lock()
@@ -61,7 +65,7 @@ class TokenPresence:
                 key = r.key if r.key is not None else object()
                 entry = self._rows.get(key)
                 if entry is None:
-                    entry = self._rows[key] = [self._take(), 0]
+                    entry = self._rows[key] = [self._take(), r.num_prompt if self.counts else 0]
                     fresh.append(entry[0])
                     if r.key is None:
                         temp.append(key)
@@ -75,7 +79,11 @@ class TokenPresence:
             if fresh:
                 self.table[upload(fresh, torch.long, self.device)] = False
             if new_rows:
-                self.table[upload(new_rows, torch.long, self.device), upload(new_toks, torch.long, self.device)] = True
+                at = (upload(new_rows, torch.long, self.device), upload(new_toks, torch.long, self.device))
+                if self.counts:  # a token twice in one update counts twice
+                    self.table.index_put_(at, torch.ones(len(new_rows), device=self.device), accumulate=True)
+                else:
+                    self.table[at] = True
             out = self.table[upload(slots, torch.long, self.device)]
             for key in temp:
                 self._free.append(self._rows.pop(key)[0])
@@ -89,10 +97,57 @@ class TokenPresence:
         return self._free.pop()
 
 
+def _adjust(logits: torch.Tensor, rows: list[SampleRow], counts: TokenPresence | None, inplace: bool) -> torch.Tensor:
+    """Presence and frequency penalties (dense over the penalized rows), logit bias and masks (sparse)."""
+    n, vocab = logits.shape
+    out_pen = [i for i, r in enumerate(rows) if r.params.penalizes_output and len(r.history) > r.num_prompt]
+    sparse = [i for i, r in enumerate(rows) if r.params.logit_bias or r.masked]
+    if not out_pen and not sparse:
+        return logits
+    logits = logits if inplace else logits.clone()
+    dev = logits.device
+    if out_pen:
+        counts = counts if counts is not None and counts.vocab == vocab else TokenPresence(vocab, dev, len(out_pen), counts=True)
+        c = counts.rows([rows[i] for i in out_pen])
+        pres = torch.tensor([rows[i].params.presence_penalty for i in out_pen], dtype=logits.dtype, device=dev)[:, None]
+        freq = torch.tensor([rows[i].params.frequency_penalty for i in out_pen], dtype=logits.dtype, device=dev)[:, None]
+        idx = torch.tensor(out_pen, dtype=torch.long, device=dev)
+        logits[idx] = logits[idx] - freq * c - pres * (c > 0).to(logits.dtype)
+    if sparse:
+        b_row, b_tok, b_val, m_row, m_tok = [], [], [], [], []
+        for i in sparse:
+            for t, b in rows[i].params.logit_bias:
+                if t < vocab:
+                    b_row.append(i)
+                    b_tok.append(t)
+                    b_val.append(b)
+            m_tok.extend(t for t in rows[i].masked if t < vocab)
+            m_row.extend([i] * (len(m_tok) - len(m_row)))
+        if b_row:  # (row, token) pairs are unique: a bias map has one entry per token
+            at = (upload(b_row, torch.long, dev), upload(b_tok, torch.long, dev))
+            logits[at] = _finite(logits[at] + upload(b_val, logits.dtype, dev))
+        if m_row:
+            logits[upload(m_row, torch.long, dev), upload(m_tok, torch.long, dev)] = float("-inf")
+    return logits
+
+
 @dataclass
 class SampleResult:
     token_ids: list[int]
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]  # (chosen, top-n) per row
+    # request id -> (logprob, top-n) of prompt tokens this step computed (``prompt_logprobs``), in prompt order
+    prompt_logprobs: dict[str, list[tuple[float, list[tuple[int, float]]]]] | None = None
+
+
+def token_logprobs(logits: torch.Tensor, targets: list[int], k: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """The logprob of ``targets[i]`` under ``logits[i]`` and the top-``k`` alternatives, in one transfer."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    parts = [logp.gather(1, upload(targets, torch.long, logits.device)[:, None])]
+    if k:
+        top_v, top_i = logp.topk(k, dim=-1)
+        parts += [top_v, top_i.to(logp.dtype)]  # ids < 2^24: exact in float32
+    host = torch.cat(parts, dim=1).double().tolist()
+    return [(row[0], list(zip(map(int, row[1 + k:]), row[1:1 + k]))) for row in host]
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -101,10 +156,12 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence | None = None,
-           inplace: bool = False) -> SampleResult:
-    """``logits`` is ``[len(rows), vocab]`` float32. ``presence``: the requests' seen tokens kept across steps (the
-    engine's); without it, the penalized rows' histories are read whole for this call. ``inplace``: the caller
-    gives ``logits`` up (the penalty then changes them without a copy)."""
+           inplace: bool = False, counts: TokenPresence | None = None) -> SampleResult:
+    """``logits`` is ``[len(rows), vocab]`` float32. ``presence``/``counts``: the requests' seen tokens and generated
+    token counts kept across steps (the engine's); without them, the penalized rows' histories are read whole for
+    this call. ``inplace``: the caller gives ``logits`` up (the penalties then change them without a copy).
+
+    Order: repetition penalty, presence and frequency penalties, logit bias, then the masked ids (-inf)."""
     n, vocab = logits.shape
     raw = logits
     want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
@@ -135,6 +192,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
             row, pen = idx[j], pen[j]
             sel = logits[row, tok]
             logits[row, tok] = _finite(torch.where(sel > 0, sel / pen, sel * pen))  # a penalty near 0 can overflow
+    logits = _adjust(logits, rows, counts, inplace or logits is not raw)
 
     chosen = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]

@@ -19,6 +19,15 @@ those blocks are shared, a ring snapshot is copied into its ring, and its chunks
 where a snapshot of its own ring is due (the end of its prompt's last full block, and where it left the known
 prefix), copied at the start of the next step.
 
+Priorities (``SamplingParams.priority``): the waiting queue is ordered by priority, then arrival (``Sequence.rank``),
+so a higher priority is admitted first and equal priorities stay first come first served; preemption takes the
+lowest priority first, the newest among equals. Nothing more is promised: a steady stream of higher priorities can
+hold a lower one back indefinitely. Deadlines (``Sequence.deadline``): ``expire`` ends every sequence whose deadline
+passed, queued or running, and frees its slots; the engine calls it before each step.
+
+Requests that want prompt logprobs never start from the prefix cache: each prompt position's logits are needed,
+and a cached position is not computed again.
+
 Short requests are not held behind long prompts: while running sequences prefill, every other step
 admits waiting requests whose whole prompt fits the step first, and the running prefills then get at
 most as many tokens as the newcomers (so that step costs about twice the newcomers' own prefill).
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 
 from swaa_engine.config import SchedulerConfig
 from swaa_engine.kv_cache.manager import CacheManager, SwapOp
+from swaa_engine.kv_cache.prefix import PrefixMatch
 from swaa_engine.sequence import FinishReason, Sequence, SeqStatus, is_decode
 
 
@@ -122,8 +132,19 @@ class Scheduler:
             raise ValueError(f"request id {seq.request_id!r} is already in use")
         if len(self.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"waiting queue is full ({self.config.max_waiting} requests)")
-        self.waiting.append(seq)
+        self._enqueue(seq)
         self._by_id[seq.request_id] = seq
+
+    def _enqueue(self, seq: Sequence) -> None:
+        """Into the waiting queue at its rank (priority, then arrival): behind every sequence ranked before it."""
+        bisect.insort(self.waiting, seq, key=lambda s: s.rank)
+
+    def expire(self, now: float) -> list[Sequence]:
+        """End the sequences (queued or running) whose deadline passed by ``now``, freeing their slots; returns them."""
+        late = [s for s in (*self.running, *self.waiting) if s.deadline is not None and s.deadline <= now]
+        for seq in late:
+            self.finish(seq, FinishReason.DEADLINE)
+        return late
 
     def get(self, request_id: str) -> Sequence | None:
         return self._by_id.get(request_id)
@@ -237,15 +258,18 @@ class Scheduler:
         return bool(self.waiting) and 0 < self.waiting[0].num_uncomputed <= budget
 
     def _admit(self, out: SchedulerOutput, budget: int, scheduled: set[int], only_short: bool) -> int:
-        """Admit waiting sequences in arrival order (FCFS: no overtaking, so none starves); returns tokens used."""
+        """Admit waiting sequences in queue order (priority, then arrival: no overtaking among equal priorities, so none
+        of those starves); returns tokens used."""
         used = 0
         reserve = sum(self._decode_reserve(s) for s in self.running)
         cap = int(MAX_RESERVE_SHARE * self.cache.blocks.total)
         deferred = []
         while self.waiting and budget - used > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            m = self.cache.lookup(seq)
-            if self._prefix_in_flight(seq, m):
+            # prompt logprobs need every prompt position's logits: nothing of such a prompt is taken from the cache
+            scored = seq.params.prompt_logprobs is not None
+            m = PrefixMatch(0) if scored else self.cache.lookup(seq)
+            if not scored and self._prefix_in_flight(seq, m):
                 deferred.append(self.waiting.popleft())  # waits for the running prefill that computes its prefix
                 continue
             if only_short and seq.num_uncomputed - m.length > budget - used:
@@ -306,7 +330,7 @@ class Scheduler:
         pc = self.cache.prefix
         if pc is None or seq.num_computed or seq.swapped is not None:
             return
-        if seq.num_preemptions == 0:
+        if seq.num_preemptions == 0 and seq.params.prompt_logprobs is None:  # only lookups count toward the hit rate
             pc.stats.queried_tokens += seq.num_prompt
             pc.stats.hit_tokens += m.length
             seq.prefix.cached_tokens = m.length
@@ -331,7 +355,8 @@ class Scheduler:
     def _reserve(self, seq: Sequence, n: int, scheduled: set[int], out: SchedulerOutput) -> bool:
         """Allocate for ``n`` more tokens of ``seq``, preempting the newest unscheduled sequences."""
         while not self.cache.can_allocate(seq, n):
-            victim = max((s for s in self.running if id(s) not in scheduled), key=lambda s: s.order)
+            # the lowest priority, newest among equals
+            victim = max((s for s in self.running if id(s) not in scheduled), key=lambda s: s.rank)
             self._preempt(victim, out)  # seq itself is unscheduled, so there is always a victim
             if victim is seq:
                 return False
@@ -356,7 +381,7 @@ class Scheduler:
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
         st.preemptions += 1
-        self.waiting.appendleft(seq)  # victims go newest first, so the oldest ends up at the head
+        self._enqueue(seq)  # older than the sequences queued behind it (admission is in order): it goes before them
 
     def advance(self, out: SchedulerOutput) -> None:
         """Mark the chunks of a finished step as computed."""

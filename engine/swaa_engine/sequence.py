@@ -21,6 +21,7 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     EOS = "eos"
     ABORT = "abort"
+    DEADLINE = "deadline"  # its deadline passed while queued or running (the server answers DEADLINE_EXCEEDED)
 
 
 _counter = itertools.count()
@@ -55,6 +56,12 @@ class Sequence:
     num_preemptions: int = 0
     order: int = field(default_factory=lambda: next(_counter))
     prefix: PrefixState = field(default_factory=PrefixState)  # its place in the prefix cache's index
+    deadline: float | None = None  # time.monotonic() after which it ends with FinishReason.DEADLINE
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """Queue order: higher priority first, then arrival (smaller ranks are admitted first, preempted last)."""
+        return -self.params.priority, self.order
 
     def __post_init__(self) -> None:
         self.num_prompt = len(self.token_ids)

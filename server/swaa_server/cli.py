@@ -162,6 +162,33 @@ def structured_args(args) -> dict:
     if args.choice:
         out["choices"] = tuple(args.choice)
     return out
+    g.add_argument("--presence-penalty", type=float, default=default(SamplingParams, "presence_penalty"),
+                   help="subtracted once from each token already generated ([-2, 2])")
+    g.add_argument("--frequency-penalty", type=float, default=default(SamplingParams, "frequency_penalty"),
+                   help="subtracted per time a token was generated ([-2, 2])")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", type=_bias,
+                   help="add BIAS ([-100, 100]) to token ID's logit (repeatable)")
+    g.add_argument("--min-tokens", type=int, default=default(SamplingParams, "min_tokens"),
+                   help="no EOS or stop token id before this many tokens")
+    g.add_argument("--bad-word", action="append", default=[], help="a word never generated (repeatable)")
+    g.add_argument("--ban-token-id", action="append", default=[], type=int, help="a token id never generated (repeatable)")
+    g.add_argument("--priority", type=int, default=default(SamplingParams, "priority"),
+                   help="higher is admitted first (equal: first come first served)")
+
+
+def _bias(text: str) -> tuple[int, float]:
+    tok, sep, bias = text.partition("=")
+    try:
+        return int(tok), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID=BIAS, e.g. 42=-5.5, got {text!r}") from None
+
+
+def _controls(args) -> dict:
+    """The sampling controls of ``swaa generate`` as keywords, the same for SamplingParams and the SDK."""
+    return dict(presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                logit_bias=dict(args.logit_bias), min_tokens=args.min_tokens, bad_words=tuple(args.bad_word),
+                banned_token_ids=tuple(args.ban_token_id), priority=args.priority)
 
 
 def cmd_generate(args) -> int:
@@ -181,7 +208,7 @@ def _generate_offline(args) -> int:
     engine = LLMEngine(config)
     print(f"KV cache {_gib(engine.pool_plan.total_bytes)} ({engine.cache_budget_reason})", file=sys.stderr)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop),
+                            top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **_controls(args),
                             structured_output=structured[0] if structured else None)
     engine.add_request(_prompt(args), params)
     while engine.has_work():
@@ -235,7 +262,7 @@ def _client(args):
 
 def _generate_remote(args) -> int:
     kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-              seed=args.seed, stop=args.stop, **structured_args(args))
+              seed=args.seed, stop=args.stop, **structured_args(args), **_controls(args))
     with _client(args) as client:
         if args.n != 1:  # several samples: the whole answer, one sample after another (a stream interleaves them)
             done = client.generate(_prompt(args), n=args.n, **kw)

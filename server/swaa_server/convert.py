@@ -68,8 +68,9 @@ def prompt_of(req, bounds: PromptBounds | None = None) -> str | list[int] | list
     raise InvalidRequestError("prompt", "one of text, token_ids or chat is required")
 
 
-def sampling_of(s: pb.SamplingParameters, n: int = 1) -> SamplingParams:
-    """``n``: GenerateRequest.n (0, unset, is 1)."""
+def sampling_of(s: pb.SamplingParameters, n: int = 1, priority: int = 0, timeout: float | None = None) -> SamplingParams:
+    """``n``: GenerateRequest.n (0, unset, is 1); ``priority``: the GenerateRequest's; ``timeout``: seconds left of the
+    call's gRPC deadline (None: none)."""
     return SamplingParams(
         n=n or 1,
         temperature=s.temperature,
@@ -84,7 +85,18 @@ def sampling_of(s: pb.SamplingParameters, n: int = 1) -> SamplingParams:
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs if s.return_logprobs else None,
         structured_output=structured_of(s),
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        logit_bias=dict(s.logit_bias),
+        min_tokens=s.min_tokens,
+        bad_words=tuple(s.bad_words),
+        banned_token_ids=tuple(s.banned_token_ids),
+        prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None,
+        priority=priority,
+        timeout=None if timeout is None else max(0.0, timeout),
     )
+
+
 
 
 def structured_of(s: pb.SamplingParameters) -> StructuredOutput | None:
@@ -97,9 +109,9 @@ def structured_of(s: pb.SamplingParameters) -> StructuredOutput | None:
     return StructuredOutput(kind, tuple(value.choices) if kind == "choices" else value)
 
 
-def _logprobs(chunk: StreamChunk | Completion):
+def _logprobs(lps):
     return [pb.TokenLogprob(token_id=l.token_id, logprob=l.logprob, top=[pb.TopLogprob(token_id=t, logprob=v) for t, v in l.top])
-            for l in (chunk.logprobs or [])]
+            for l in (lps or [])]
 
 
 def _final_fields(c: StreamChunk | Completion) -> dict:
@@ -114,8 +126,9 @@ def _final_fields(c: StreamChunk | Completion) -> dict:
 
 
 def chunk_pb(c: StreamChunk) -> pb.GenerateChunk:
-    return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c),
-                            finished=c.finished, index=c.index, **(_final_fields(c) if c.finished else {}))
+    return pb.GenerateChunk(request_id=c.request_id, token_ids=c.token_ids, text=c.text, logprobs=_logprobs(c.logprobs),
+                            finished=c.finished, index=c.index, prompt_logprobs=_logprobs(c.prompt_logprobs),
+                            **(_final_fields(c) if c.finished else {}))
 
 
 def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
@@ -125,7 +138,7 @@ def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
     for c in chunks:
         by_index.setdefault(c.index, []).append(c)
     done = [Completion.from_chunks([], by_index[i]) for i in sorted(by_index)]
-    samples = [pb.Sample(index=i, token_ids=d.token_ids, text=d.text, logprobs=_logprobs(d),
+    samples = [pb.Sample(index=i, token_ids=d.token_ids, text=d.text, logprobs=_logprobs(d.logprobs),
                          **{k: v for k, v in _final_fields(d).items() if k not in ("usage", "timings")})
                for i, d in zip(sorted(by_index), done)]
     first = done[0]
@@ -133,7 +146,8 @@ def response_pb(chunks: list[StreamChunk]) -> pb.GenerateResponse:
     fields["usage"].completion_tokens = sum(d.usage.completion_tokens for d in done)
     fields["timings"].total_seconds = max(d.timings.total_s for d in done)
     return pb.GenerateResponse(request_id=first.request_id, token_ids=first.token_ids, text=first.text,
-                               logprobs=_logprobs(first), samples=samples, **fields)
+                               logprobs=_logprobs(first.logprobs), prompt_logprobs=_logprobs(first.prompt_logprobs),
+                               samples=samples, **fields)
 
 
 def _pool(u: dict) -> pb.PoolUsage:
@@ -165,4 +179,6 @@ def model_info_pb(snap, replicas=()) -> pb.ModelInfo:
         replicas_ready=sum(r.ready for r in replicas) if replicas else 1,
         cache_bytes=snap.cache_bytes, cache_budget=snap.cache_budget,
         preemptions=pb.Preemptions(**pre), prefix_cache=pb.PrefixCache(**prefix),
+        chat_template=snap.chat_template,
+        special_tokens=pb.SpecialTokens(**{k: v for k, v in snap.special_tokens.items() if v is not None}),
     )

@@ -39,6 +39,8 @@ class EngineSnapshot:
     cache_bytes: int = 0  # KV memory reserved, and which limit sized it (CacheConfig.resolve_budget)
     cache_budget: str = ""
     prefix: dict = field(default_factory=dict)  # the fields of swaa.v1.PrefixCache
+    chat_template: str = ""  # the tokenizer's (empty: none)
+    special_tokens: dict = field(default_factory=dict)  # the fields of swaa.v1.SpecialTokens (None: unset)
 
 
 def snapshot(engine) -> EngineSnapshot:
@@ -47,7 +49,8 @@ def snapshot(engine) -> EngineSnapshot:
     return EngineSnapshot(engine.model_name, engine.dims.architecture, engine.max_model_len, engine.config.swaa,
                           tuple(engine.specs), engine.cache.block_size, engine.dims.vocab_size, load.usage,
                           load.running, load.waiting, load.preemptions, load.steps, load.step_seconds,
-                          engine.prompt_bounds, engine.pool_plan.total_bytes, engine.cache_budget_reason, load.prefix)
+                          engine.prompt_bounds, engine.pool_plan.total_bytes, engine.cache_budget_reason, load.prefix,
+                          engine.chat_template, engine.special_tokens)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Frontend(Protocol):
     async def abort(self, request_id: str) -> bool: ...
 
     async def tokenize(self, prompt: Prompt) -> list[int]: ...
+
+    async def detokenize(self, token_ids: list[int], skip_special_tokens: bool) -> str: ...
 
     def bounds(self) -> PromptBounds | None:
         """Cheap prompt bounds to check before converting a request (None until an engine has answered)."""
@@ -101,6 +106,9 @@ class LocalFrontend:
 
     async def tokenize(self, prompt) -> list[int]:
         return await self.front.tokenize(prompt)  # the engine's bounded intake threads, not the event loop
+
+    async def detokenize(self, token_ids, skip_special_tokens=False) -> str:
+        return await self.front.detokenize(token_ids, skip_special_tokens)
 
     def bounds(self):
         return self._bounds

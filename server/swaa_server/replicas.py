@@ -106,6 +106,9 @@ class EngineReplica:
     async def tokenize(self, prompt) -> list[int]:
         return await self.front.tokenize(prompt)
 
+    async def detokenize(self, token_ids, skip_special_tokens) -> str:
+        return await self.front.detokenize(token_ids, skip_special_tokens)
+
     async def load(self) -> tuple[int, EngineSnapshot]:
         """(process id, snapshot): a new pid means Ray restarted this replica."""
         return os.getpid(), snapshot(self.engine)
@@ -347,6 +350,13 @@ class ReplicaRouter:
         i = self._pick()
         try:
             return await _await_ref(self.handles[i].tokenize.remote(prompt))
+        except Exception as e:
+            raise self._unwrap(e, i) from None
+
+    async def detokenize(self, token_ids, skip_special_tokens=False) -> str:
+        i = self._pick()
+        try:
+            return await _await_ref(self.handles[i].detokenize.remote(token_ids, skip_special_tokens))
         except Exception as e:
             raise self._unwrap(e, i) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import grpc
 import structlog
@@ -16,6 +17,7 @@ from swaa_engine.async_engine import EngineDeadError, EngineUnavailableError
 from swaa_engine.intake import request_id_problem
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError
 from swaa_engine.scheduler import QueueFullError
+from swaa_engine.sequence import FinishReason
 from swaa_server import convert
 from swaa_server.frontend import Frontend, ReplicaUnavailableError
 
@@ -45,6 +47,15 @@ async def _abort_with(context, e: Exception, request_id: str = ""):
     raise e
 
 
+_LATE = "the request's deadline passed while it was queued or running (ended in the engine, its cache freed)"
+
+
+async def _chain(first, stream):
+    yield first
+    async for chunk in stream:
+        yield chunk
+
+
 _EXPECTED = (InvalidRequestError, RequestIdInUseError, QueueFullError, EngineDeadError, ReplicaUnavailableError,
              EngineUnavailableError)
 
@@ -60,8 +71,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         if self.engine is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
 
-    def _request(self, request):
-        return convert.prompt_of(request, self.engine.bounds()), convert.sampling_of(request.sampling, request.n)
+    def _request(self, request, context):
+        # the call's deadline goes into the engine: a request still queued or running when it passes ends there
+        # (DEADLINE_EXCEEDED) and frees its slots at the next step
+        return (convert.prompt_of(request, self.engine.bounds()),
+                convert.sampling_of(request.sampling, request.n, request.priority, context.time_remaining()))
 
     async def Generate(self, request, context):
         await self._ready(context)
@@ -70,14 +84,17 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             # the id first: a bad one is refused before anything logs it; a missing one is made here, so that
             # the log line of a rejected call carries an id too
             rid = convert.request_id_of(request) or uuid.uuid4().hex
-            prompt, params = self._request(request)
+            prompt, params = self._request(request, context)
             stream = self.engine.stream(prompt, params, rid)
             first = await stream.__anext__()
         except _EXPECTED as e:
             await _abort_with(context, e, rid)
         try:
-            yield convert.chunk_pb(first)
-            async for chunk in stream:
+            async for chunk in _chain(first, stream):
+                if chunk.finish_reason is FinishReason.DEADLINE:
+                    if chunk.token_ids or chunk.text:  # what it made before the deadline, then the status
+                        yield convert.chunk_pb(replace(chunk, finished=False))
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _LATE)
                 yield convert.chunk_pb(chunk)
         except EngineDeadError as e:
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
@@ -97,10 +114,12 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             # the id first: a bad one is refused before anything logs it; a missing one is made here, so that
             # the log line of a rejected call carries an id too
             rid = convert.request_id_of(request) or uuid.uuid4().hex
-            prompt, params = self._request(request)
+            prompt, params = self._request(request, context)
             chunks = await self.engine.generate(prompt, params, rid)
         except _EXPECTED as e:
             await _abort_with(context, e, rid)
+        if chunks[-1].finish_reason is FinishReason.DEADLINE:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _LATE)
         return convert.response_pb(chunks)
 
     async def Abort(self, request, context):
@@ -118,6 +137,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         except (InvalidRequestError, QueueFullError, ReplicaUnavailableError) as e:
             await _abort_with(context, e)
         return pb.CountTokensResponse(count=len(ids), token_ids=ids)
+
+    async def Detokenize(self, request, context):
+        await self._ready(context)
+        try:
+            text = await self.engine.detokenize(list(request.token_ids), request.skip_special_tokens)
+        except (InvalidRequestError, QueueFullError, ReplicaUnavailableError) as e:
+            await _abort_with(context, e)
+        return pb.DetokenizeResponse(text=text)
 
     async def GetModelInfo(self, request, context):
         await self._ready(context)

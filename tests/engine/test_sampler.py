@@ -195,3 +195,58 @@ def test_presence_kept_across_steps_equals_reading_the_whole_history():
         for k, t in zip(keys, got.token_ids):
             live[k].append(t)
     assert presence.table.shape[0] >= 6 and len(presence._rows) == len(live)
+
+
+# -- issue 21: presence/frequency penalties, logit bias, masks -----------------------------------------------------
+def test_presence_and_frequency_penalties_count_generated_tokens_only():
+    logits = torch.tensor([[2.0, 1.9, 1.0, -1.0]])
+    # token 0 in the prompt only: no output penalty applies to it
+    assert sample(logits, [SampleRow(SamplingParams(presence_penalty=2.0), None, [0, 2], num_prompt=2)]).token_ids == [0]
+    # generated once: presence 0.5 takes 0.5 off token 0 (2.0 -> 1.5 < 1.9)
+    assert sample(logits, [SampleRow(SamplingParams(presence_penalty=0.5), None, [3, 0], num_prompt=1)]).token_ids == [1]
+    # frequency scales with the count: 0 generated 3 times at 0.2 -> 1.4; 1 once -> 1.7; 2 untouched at 1.0
+    r = SampleRow(SamplingParams(frequency_penalty=0.2), None, [3, 0, 0, 0, 1], num_prompt=1)
+    assert sample(logits, [r]).token_ids == [1]
+    r = SampleRow(SamplingParams(frequency_penalty=0.5), None, [3, 0, 0, 0, 1, 1], num_prompt=1)  # 0.5, 0.9, 1.0
+    assert sample(logits, [r]).token_ids == [2]
+
+
+def test_counts_kept_across_steps_equal_counting_the_whole_history():
+    from swaa_engine.sampler import TokenPresence
+
+    torch.manual_seed(1)
+    table = TokenPresence(50, torch.device("cpu"), capacity=1, counts=True)
+    hist = [1, 2, 3]
+    p = SamplingParams(frequency_penalty=0.3, presence_penalty=0.1)
+    for step in range(12):
+        hist.append(int(torch.randint(0, 50, ()).item()))
+        logits = torch.randn(1, 50)
+        kept = sample(logits.clone(), [SampleRow(p, None, hist, "r", num_prompt=3)], counts=table)
+        whole = sample(logits.clone(), [SampleRow(p, None, list(hist), num_prompt=3)])
+        assert kept.token_ids == whole.token_ids
+    counts = table.rows([SampleRow(p, None, hist, "r", num_prompt=3)])[0]
+    assert counts.tolist() == [float(hist[3:].count(t)) for t in range(50)]
+
+
+def test_logit_bias_and_masks():
+    logits = torch.tensor([[2.0, 1.9, 1.0, -1.0]])
+    assert sample(logits, [row(logit_bias={3: 5.0})]).token_ids == [3]
+    assert sample(logits, [row(logit_bias={0: -100.0})]).token_ids == [1]
+    masked = SampleRow(SamplingParams(temperature=1.0, seed=0), random.Random(0), [], masked=(0, 1))
+    assert {sample(logits, [masked]).token_ids[0] for _ in range(200)} == {2, 3}
+    # logprobs stay those of the model's distribution, not of the masked one
+    res = sample(logits, [SampleRow(SamplingParams(logprobs=1), None, [], masked=(0,))])
+    assert res.token_ids == [1] and res.logprobs[0][1][0][0] == 0
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-3), "frequency_penalty"),
+    (dict(logit_bias={1: 101.0}), "logit_bias"), (dict(logit_bias={i: 1.0 for i in range(301)}), "logit_bias"),
+    (dict(logit_bias={-1: 1.0}), "logit_bias"), (dict(min_tokens=300), "min_tokens"), (dict(bad_words=[""]), "bad_words"),
+    (dict(banned_token_ids=[-1]), "banned_token_ids"), (dict(prompt_logprobs=21), "prompt_logprobs"),
+    (dict(priority=2**31), "priority"), (dict(timeout=-1.0), "timeout"),
+])
+def test_invalid_issue21_params_name_their_field(kw, field):
+    with pytest.raises(InvalidRequestError) as e:
+        SamplingParams(**kw)
+    assert e.value.field == field

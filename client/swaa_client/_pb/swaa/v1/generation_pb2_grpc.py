@@ -44,6 +44,8 @@ class GenerationStub:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     def __init__(self, channel):
@@ -72,6 +74,11 @@ class GenerationStub:
                 request_serializer=swaa_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=swaa_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/swaa.v1.Generation/Detokenize',
+                request_serializer=swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/swaa.v1.Generation/GetModelInfo',
                 request_serializer=swaa_dot_v1_dot_generation__pb2.GetModelInfoRequest.SerializeToString,
@@ -98,6 +105,8 @@ class GenerationServicer:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     def Generate(self, request, context):
@@ -125,6 +134,13 @@ class GenerationServicer:
 
     def CountTokens(self, request, context):
         """Tokenizes without generating (the prompt bounds of Generate apply: INVALID_ARGUMENT past the context).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Token ids back to text with the model's tokenizer (ids outside the vocabulary: INVALID_ARGUMENT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +176,11 @@ def add_GenerationServicer_to_server(servicer, server):
                     request_deserializer=swaa_dot_v1_dot_generation__pb2.CountTokensRequest.FromString,
                     response_serializer=swaa_dot_v1_dot_generation__pb2.CountTokensResponse.SerializeToString,
             ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.FromString,
+                    response_serializer=swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.SerializeToString,
+            ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
                     request_deserializer=swaa_dot_v1_dot_generation__pb2.GetModelInfoRequest.FromString,
@@ -192,6 +213,8 @@ class Generation:
     is case-insensitive and one or more spaces may follow it, as RFC 7235 allows)
     (grpc.health.v1 and reflection never need a token)
     INTERNAL           the engine failed; the request's cache is released
+    DEADLINE_EXCEEDED  the call's deadline passed while the request was queued or running: the engine
+    ends it there (its cache freed at the next step), whatever had been streamed
     """
 
     @staticmethod
@@ -292,6 +315,33 @@ class Generation:
             '/swaa.v1.Generation/CountTokens',
             swaa_dot_v1_dot_generation__pb2.CountTokensRequest.SerializeToString,
             swaa_dot_v1_dot_generation__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swaa.v1.Generation/Detokenize',
+            swaa_dot_v1_dot_generation__pb2.DetokenizeRequest.SerializeToString,
+            swaa_dot_v1_dot_generation__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
