@@ -16,7 +16,7 @@ from swaa_client._pb.swaa.v1 import generation_pb2_grpc as pb_grpc
 from swaa_engine.async_engine import AsyncEngine
 from swaa_engine.config import EngineConfig
 from swaa_engine.engine import LLMEngine
-from swaa_server.config import ServerConfig, TLSConfig  # noqa: F401 (TLSConfig: imported from here by callers)
+from swaa_server.config import EXIT_ENGINE_DEAD, ServerConfig, TLSConfig  # noqa: F401 (re-exported for callers)
 from swaa_server.frontend import LocalFrontend
 from swaa_server.interceptors import BearerAuth, DecodeErrors, RequestBytes
 from swaa_server.servicer import GenerationServicer
@@ -25,8 +25,6 @@ from swaa_server.telemetry import Metrics, RequestLog
 log = structlog.get_logger("swaa.server")
 SERVICE = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-# `swaa serve`'s exit status when its engine died (LLMEngine.dead): non-zero, so that the orchestrator restarts it
-EXIT_ENGINE_DEAD = 3
 
 
 def engine_summary(engine: LLMEngine) -> dict:

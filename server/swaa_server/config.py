@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import grpc
 
 
+# `swaa serve`'s exit status when its engine died (LLMEngine.dead): non-zero, so that the orchestrator restarts it
+EXIT_ENGINE_DEAD = 3
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     cert_file: str

@@ -67,7 +67,7 @@ class EngineReplica:
         the streams' errors to reach the router (the router ends whatever did not as UNAVAILABLE anyway)."""
         import threading
 
-        from swaa_server.app import EXIT_ENGINE_DEAD
+        from swaa_server.config import EXIT_ENGINE_DEAD
 
         log.critical("replica %d: engine dead (%s); exiting for a restart", self.index, reason)
         threading.Timer(1.0, os._exit, (EXIT_ENGINE_DEAD,)).start()
