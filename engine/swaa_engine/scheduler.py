@@ -218,21 +218,30 @@ class Scheduler:
 
     def _take_snapshots(self, out: SchedulerOutput) -> None:
         """Rings of sequences whose last chunk ended at a due snapshot boundary: copied before this step writes them."""
+        R = self.cache.rings.slots_per_ring
         for seq in self.running:
             st = seq.prefix
             if st.snapshot_at is None or seq.num_computed < st.snapshot_at:
                 continue
-            if seq.num_computed == st.snapshot_at == st.registered:
-                ring = self.cache.new_snapshot(seq)
-                if ring is not None:
-                    out.ring_copies.append((seq.ring, ring))
+            # every boundary passed: the ring serves it if the chunk ended there, or if no position has wrapped around
+            # the ring yet (slots of later positions are rewritten before a resumed prefill reads them)
+            due = [st.snapshot_at]
+            while st.snapshot_points and st.snapshot_points[0] <= seq.num_computed:
+                due.append(st.snapshot_points.pop(0))
+            for at in due:
+                if (seq.num_computed == at or seq.num_computed <= R) and st.registered >= at:
+                    ring = self.cache.new_snapshot(seq, at)
+                    if ring is not None:
+                        out.ring_copies.append((seq.ring, ring))
             st.snapshot_at = st.snapshot_points.pop(0) if st.snapshot_points else None
 
-    @staticmethod
-    def _cap(seq: Sequence, n: int) -> int:
-        """A chunk stops at the sequence's next snapshot boundary."""
+    def _cap(self, seq: Sequence, n: int) -> int:
+        """A chunk stops at the sequence's next snapshot boundary when going past it would overwrite ring slots the
+        snapshot needs (positions beyond the ring's size wrap around)."""
         at = seq.prefix.snapshot_at
-        return min(n, at - seq.num_computed) if at is not None and at > seq.num_computed else n
+        if at is None or at <= seq.num_computed or seq.num_computed + n <= self.cache.rings.slots_per_ring:
+            return n
+        return min(n, at - seq.num_computed)
 
     def _take(self, out: SchedulerOutput, scheduled: set[int], seq: Sequence, n: int) -> None:
         out.chunks.append(Chunk(seq, seq.num_computed, n))

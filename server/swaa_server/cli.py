@@ -146,6 +146,18 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--grammar", metavar="FILE", default=None, help="the output follows this EBNF grammar file (start rule `root`)")
     s.add_argument("--choice", action="append", default=None, help="the output is one of these strings (repeatable)")
     g.add_argument("-n", type=int, default=default(SamplingParams, "n"), help="samples of the prompt (1-16; the prompt is computed once)")
+    g.add_argument("--presence-penalty", type=float, default=default(SamplingParams, "presence_penalty"),
+                   help="subtracted once from each token already generated ([-2, 2])")
+    g.add_argument("--frequency-penalty", type=float, default=default(SamplingParams, "frequency_penalty"),
+                   help="subtracted per time a token was generated ([-2, 2])")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", type=_bias,
+                   help="add BIAS ([-100, 100]) to token ID's logit (repeatable)")
+    g.add_argument("--min-tokens", type=int, default=default(SamplingParams, "min_tokens"),
+                   help="no EOS or stop token id before this many tokens")
+    g.add_argument("--bad-word", action="append", default=[], help="a word never generated (repeatable)")
+    g.add_argument("--ban-token-id", action="append", default=[], type=int, help="a token id never generated (repeatable)")
+    g.add_argument("--priority", type=int, default=default(SamplingParams, "priority"),
+                   help="higher is admitted first (equal: first come first served)")
 
 
 def structured_args(args) -> dict:
@@ -162,18 +174,6 @@ def structured_args(args) -> dict:
     if args.choice:
         out["choices"] = tuple(args.choice)
     return out
-    g.add_argument("--presence-penalty", type=float, default=default(SamplingParams, "presence_penalty"),
-                   help="subtracted once from each token already generated ([-2, 2])")
-    g.add_argument("--frequency-penalty", type=float, default=default(SamplingParams, "frequency_penalty"),
-                   help="subtracted per time a token was generated ([-2, 2])")
-    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", type=_bias,
-                   help="add BIAS ([-100, 100]) to token ID's logit (repeatable)")
-    g.add_argument("--min-tokens", type=int, default=default(SamplingParams, "min_tokens"),
-                   help="no EOS or stop token id before this many tokens")
-    g.add_argument("--bad-word", action="append", default=[], help="a word never generated (repeatable)")
-    g.add_argument("--ban-token-id", action="append", default=[], type=int, help="a token id never generated (repeatable)")
-    g.add_argument("--priority", type=int, default=default(SamplingParams, "priority"),
-                   help="higher is admitted first (equal: first come first served)")
 
 
 def _bias(text: str) -> tuple[int, float]:

@@ -255,3 +255,22 @@ def test_snapshots_due_in_a_step_that_computes_nothing_are_copied(tiny_qwen3):
     b = plain.generate(probes, params)
     assert all(o.usage.cached_tokens >= 24 for o in a)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
+
+
+@pytest.mark.parametrize("swaa", [SWAAConfig(window=64, sinks=4), SWAAConfig(window=64, sinks=4, fa_layers="0")],
+                         ids=["swa", "swa+half_fa"])
+def test_prompts_shorter_than_the_ring_resume_from_a_snapshot_taken_past_its_boundary(swaa, tiny_qwen3):
+    """Under the ring's size no position wraps, so a chunk runs past the snapshot boundary (no extra step) and the
+    snapshot, taken after it, still resumes exactly: later positions' slots are rewritten before they are read."""
+    folder, _ = tiny_qwen3
+    rng = random.Random(3)
+    system = [rng.randrange(384) for _ in range(30)]
+    prompts = [system + [rng.randrange(384) for _ in range(n)] for n in (6, 11, 3)]
+    params = SamplingParams(max_tokens=40, ignore_eos=True)  # decodes past the ring's 68 slots: it wraps then
+    cached, plain = make_llm(folder, swaa, True), make_llm(folder, swaa, False)
+    first = cached.generate(prompts[:1], params)
+    later = cached.generate(prompts[1:], params)
+    assert [o.token_ids for o in first + later] == [o.token_ids for o in plain.generate(prompts, params)]
+    # the first request's snapshot is at its own last block (32): the second leaves the known prefix at 24 and
+    # recomputes (leaving a snapshot there, taken after its one chunk); the third, waiting for it, resumes at 24
+    assert [o.usage.cached_tokens for o in later] == [0, 24]

@@ -118,7 +118,7 @@ def test_issue_config_runs_eight_requests_at_once(budget, tiny_qwen3):
     most_running, done = 0, 0
     while eng.has_work():
         done += sum(c.finished for c in eng.step())
-        most_running = max(most_running, eng.cache.rings.num_used)
+        most_running = max(most_running, eng.cache.usage()["ring"]["used"])  # rings sequences hold (not snapshots)
     assert done == 8 and most_running == 8
     # one prefill step for all eight prompts, then 99 decode steps (one at a time would take 8 x 100)
     assert eng.steps == 100

@@ -49,6 +49,7 @@ def _every_rpc(stub, metadata) -> dict[str, grpc.StatusCode]:
         "Abort": lambda: stub.Abort(pb.AbortRequest(request_id="no-such-request"), metadata=metadata, timeout=30),
         "CountTokens": lambda: stub.CountTokens(pb.CountTokensRequest(text="hello there"), metadata=metadata, timeout=30),
         "GetModelInfo": lambda: stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=metadata, timeout=30),
+        "Detokenize": lambda: stub.Detokenize(pb.DetokenizeRequest(token_ids=[1, 2]), metadata=metadata, timeout=30),
     }
     assert set(calls) == set(pb.DESCRIPTOR.services_by_name["Generation"].methods_by_name), "a new rpc: add it here"
     codes = {}

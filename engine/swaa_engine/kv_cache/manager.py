@@ -231,11 +231,13 @@ class CacheManager:
             self.rings.free(r)
         self.prefix.stats = PrefixStats()
 
-    def new_snapshot(self, seq: Sequence) -> int | None:
-        """A ring for a snapshot of ``seq``'s ring at its registered boundary, from free rings or the oldest
-        snapshot (never from a sequence); None when there is none or the boundary already has one."""
+    def new_snapshot(self, seq: Sequence, at: int) -> int | None:
+        """A ring for a snapshot of ``seq``'s ring as it stands for resuming at ``at`` (a registered block boundary),
+        from free rings or the oldest snapshot (never from a sequence); None when there is none or ``at`` has one."""
         node = seq.prefix.node
-        if self.prefix is None or node is None or node.snapshot is not None or seq.ring is None:
+        while node is not None and node.end > at:
+            node = node.parent
+        if self.prefix is None or node is None or node.end != at or node.snapshot is not None or seq.ring is None:
             return None
         if self.rings.num_free == 0 and not self.prefix.snapshots:
             return None
