@@ -7,25 +7,14 @@ transformers rounds) and what runs on CPU; on CUDA the same ops run as one Trito
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
-
-@functools.cache
-def _fused_on(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    try:
-        import swaa_engine.kernels.fused  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from swaa_engine.attention.ops import uses_triton
 
 
 def fused(x: torch.Tensor) -> bool:
-    return x.is_cuda and _fused_on(x.device)
+    return x.is_cuda and uses_triton(x.device)  # the fused kernels need what the attention kernels need: Triton on CUDA
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
