@@ -230,18 +230,40 @@ class Scheduler:
                 due.append(st.snapshot_points.pop(0))
             for at in due:
                 if (seq.num_computed == at or seq.num_computed <= R) and st.registered >= at:
-                    ring = self.cache.new_snapshot(seq, at)
-                    if ring is not None:
-                        out.ring_copies.append((seq.ring, ring))
+                    self._snapshot(seq, at, out)
             st.snapshot_at = st.snapshot_points.pop(0) if st.snapshot_points else None
+        for seq in self.running:  # periodic: wherever a chunk ended on a due block boundary
+            st, at = seq.prefix, seq.num_computed
+            if st.periodic_due(at) and at % self.cache.block_size == 0 and st.registered >= at:
+                self._snapshot(seq, at, out)
+
+    def _snapshot(self, seq: Sequence, at: int, out: SchedulerOutput) -> None:
+        ring = self.cache.new_snapshot(seq, at)
+        if ring is not None:
+            out.ring_copies.append((seq.ring, ring))
+            seq.prefix.last_snapshot = max(seq.prefix.last_snapshot, at)
 
     def _cap(self, seq: Sequence, n: int) -> int:
-        """A chunk stops at the sequence's next snapshot boundary when going past it would overwrite ring slots the
-        snapshot needs (positions beyond the ring's size wrap around)."""
-        at = seq.prefix.snapshot_at
-        if at is None or at <= seq.num_computed or seq.num_computed + n <= self.cache.rings.slots_per_ring:
+        """Where a chunk must end for a snapshot when going past it would overwrite ring slots the snapshot needs
+        (positions beyond the ring's size wrap around): at a fixed boundary (at most two per prompt); else at the
+        last multiple of the stride inside the chunk if that keeps at least half of it; else, when a periodic
+        snapshot is due, at the chunk's last block boundary (under a block less). Chunks are the step's budget less
+        the running decodes, so they rarely end on a multiple of the stride by themselves, and always stopping at
+        one would cut such a chunk into a long piece and a few tokens."""
+        st, start = seq.prefix, seq.num_computed
+        if start + n <= self.cache.rings.slots_per_ring:
             return n
-        return min(n, at - seq.num_computed)
+        at = st.snapshot_at
+        if at is not None and start < at < start + n:
+            n = at - start
+        if st.stride:
+            grid = min(start + n, st.end - 1) // st.stride * st.stride
+            if 2 * (grid - start) >= n and st.periodic_due(grid):
+                return grid - start
+            aligned = (start + n) // self.cache.block_size * self.cache.block_size
+            if aligned > start and st.periodic_due(aligned):
+                return aligned - start
+        return n
 
     def _take(self, out: SchedulerOutput, scheduled: set[int], seq: Sequence, n: int) -> None:
         out.chunks.append(Chunk(seq, seq.num_computed, n))
@@ -350,9 +372,11 @@ class Scheduler:
         # also one every ring's worth of tokens (at most MAX_SNAPSHOTS), so that requests branching off this
         # one's prompt later, or racing it now, resume close to where they leave it
         stride = max(-(-self.cache.rings.slots_per_ring // bs) * bs, -(-last // (MAX_SNAPSHOTS * bs)) * bs, bs)
-        points = sorted({p for p in (m.known, last, *range(stride, last, stride)) if m.length < p <= last})
-        seq.prefix.snapshot_at = points[0] if points else None
-        seq.prefix.snapshot_points = points[1:]
+        points = sorted({p for p in (m.known, last) if m.length < p <= last})
+        st = seq.prefix
+        st.snapshot_at = points[0] if points else None
+        st.snapshot_points = points[1:]
+        st.stride, st.last_snapshot, st.end = stride, m.length, last
 
     def _decode_reserve(self, seq: Sequence, allocated: int | None = None) -> int:
         """Blocks ``seq`` may still need for its next ``decode_reserve_tokens`` generated tokens."""

@@ -139,6 +139,33 @@ def test_requests_racing_on_a_new_prefix_compute_it_once():
     assert sched.stats.preemptions == 0 and mgr.is_idle()
 
 
+def test_ring_snapshots_do_not_split_a_long_prefill_into_extra_chunks():
+    """A long prompt prefilling beside running decodes (its chunks are the budget minus those decodes, so they never
+    end on a fixed stride of boundaries): taking ring snapshots must not cut chunks short. The fixed-stride points
+    did: every other chunk stopped a few tokens after the last one (1,024 tokens took 31 chunks, not 17)."""
+    specs = SWAAConfig(window=64, sinks=0).layer_specs(2)  # every layer a ring of 64 slots
+    mgr = CacheManager(specs, BS, 0, 24, prefix_caching=True)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, decode_reserve_tokens=0), mgr)
+    rider = seq(range(5000, 5010), "rider", max_tokens=500)  # decodes for the whole run: one token of every step
+    sched.add(rider)
+    sched.advance(sched.schedule())
+    long = seq(range(1024), "long", max_tokens=1)
+    sched.add(long)
+    chunks = snaps = 0
+    while not long.is_decoding:
+        out = sched.schedule()
+        chunks += sum(c.seq is long for c in out.chunks)
+        snaps += sum(1 for a, _ in out.ring_copies if a == long.ring)
+        sched.advance(out)
+        for c in out.chunks:
+            if c.samples:
+                c.seq.token_ids.append(7)
+    # the budget left beside the rider, less under a block where a chunk ends on a boundary for a snapshot, plus one
+    # stop at the prompt's last full block
+    assert chunks <= -(-1024 // (63 - (BS - 1))) + 1
+    assert snaps >= 6  # still one about every other chunk (a ring's worth of tokens or more apart)
+
+
 # -- exactness through the engine --------------------------------------------------------------------
 CONFIGS = dict(canonical_configs(window=16, sinks=4))
 CONFIGS["swa+sinks+fa_decode+tail"] = SWAAConfig(window=16, sinks=4, fa_decode=True, fa_tail=6)
@@ -250,10 +277,12 @@ def test_snapshots_due_in_a_step_that_computes_nothing_are_copied(tiny_qwen3):
     prompt = [random.Random(2).randrange(384) for _ in range(200)]
     cached.generate([prompt] * 4, SamplingParams(max_tokens=4, ignore_eos=True))
     params = SamplingParams(max_tokens=6, ignore_eos=True)
-    probes = [prompt[:k] for k in (30, 52, 100, 170)]
+    # the first racer's chunks end at 168 (the last multiple of the 24-token stride that keeps half of its 192)
+    # and at its last full block, 192: its snapshots
+    probes = [prompt[:k] for k in (170, 180, 195, 200)]
     a = [cached.generate([p], params)[0] for p in probes]  # one by one: each resumes from the racers' snapshots
     b = plain.generate(probes, params)
-    assert all(o.usage.cached_tokens >= 24 for o in a)
+    assert [o.usage.cached_tokens for o in a] == [168, 168, 192, 192]
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
 
 

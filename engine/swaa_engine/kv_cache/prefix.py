@@ -155,15 +155,24 @@ class PrefixCache:
 
 @dataclass
 class PrefixState:
-    """A sequence's progress through the index: the node of its last registered block, and where a ring snapshot
-    is due (a block boundary its chunks stop at; None when none is)."""
+    """A sequence's progress through the index: the node of its last registered block, and its ring snapshots:
+    fixed boundaries its chunks stop at (``snapshot_at``, then ``snapshot_points``; None when none is due), and
+    periodic ones at least ``stride`` tokens apart, taken where a chunk ends on a block boundary before ``end``."""
 
     node: _Node | None = None
     registered: int = 0  # leading tokens already in the index
     snapshot_at: int | None = None
     snapshot_points: list[int] = field(default_factory=list)  # later boundaries due, ascending
+    stride: int = 0  # 0: no periodic snapshots
+    last_snapshot: int = 0  # position of the latest snapshot (or where the sequence started)
+    end: int = 0  # periodic snapshots stop before this boundary (the last fixed one)
     cached_tokens: int = 0  # reused at its first admission (reported in usage)
 
     def reset(self) -> None:
         """Its KV was dropped (preempted to recompute): it starts over from the index's root."""
         self.node, self.registered, self.snapshot_at, self.snapshot_points = None, 0, None, []
+        self.stride = self.last_snapshot = self.end = 0
+
+    def periodic_due(self, at: int) -> bool:
+        """A periodic snapshot is due at boundary ``at``."""
+        return self.stride > 0 and at < self.end and at - self.last_snapshot >= self.stride
