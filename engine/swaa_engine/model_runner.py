@@ -13,7 +13,8 @@ import torch
 from swaa_engine.attention.base import AttentionBackend, StepEntry, StepLayout
 from swaa_engine.cuda_graphs import GraphStep
 from swaa_engine.models.llama import AttentionContext, LlamaFamilyModel
-from swaa_engine.sampler import SampleResult, SampleRow, TokenPresence, sample, token_logprobs, upload
+from swaa_engine.sampler import SampleResult, SampleRow, TokenPresence, sample, token_logprobs
+from swaa_engine.transfer import upload
 from swaa_engine.scheduler import Chunk
 from swaa_engine.swaa import LayerSpec
 
