@@ -24,10 +24,11 @@ BS, BLOCKS, RINGS, MAX_LEN, MAX_BATCH = 4, 48, 10, 64, 6
 SPECS = SWAAConfig(window=8, sinks=2, fa_layers="odd").layer_specs(4)  # 2 ring layers, 2 paged
 
 
-def graphs() -> DecodeGraphs:
-    """The graph runner's bookkeeping alone (no model is run: ``load`` and ``gather`` are what a replay reads)."""
+def graphs(device: str = "cpu") -> DecodeGraphs:
+    """The graph runner's bookkeeping alone (no model is run: ``load`` and ``gather`` are what a replay reads; on
+    CUDA ``load`` goes through the pinned staging buffer)."""
     model = SimpleNamespace(dims=SimpleNamespace(vocab_size=8))
-    backend = SimpleNamespace(device=torch.device("cpu"))
+    backend = SimpleNamespace(device=torch.device(device))
     geo = CacheGeometry(BS, 8, 2, max_len=MAX_LEN)
     return DecodeGraphs(model, backend, [], SPECS, geo, max_batch=MAX_BATCH, max_model_len=MAX_LEN,
                         scratch_block=BLOCKS, scratch_ring=RINGS)
@@ -144,7 +145,18 @@ OPS = st.lists(st.tuples(st.sampled_from(["admit", "step", "step", "step", "abor
 @settings(max_examples=150, deadline=None)
 @given(ops=OPS)
 def test_the_tables_the_kernels_read_equal_the_full_rebuild(ops):
-    g, w = graphs(), World()
+    run_ops(ops, "cpu")
+
+
+@pytest.mark.gpu
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS)
+def test_the_tables_the_kernels_read_equal_the_full_rebuild_on_cuda(ops):
+    run_ops(ops, "cuda")
+
+
+def run_ops(ops, device: str) -> None:
+    g, w = graphs(device), World()
     for op, r in ops:
         if op == "admit" and len(w.running) + len(w.swapped) < 9:
             w.admit(r)
