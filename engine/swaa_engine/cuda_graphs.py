@@ -158,6 +158,7 @@ class DecodeGraphs:
             s.paged_write.fill_(self.scratch_paged)
         if s.ring_write is not None:
             s.ring_write.fill_(self.scratch_ring)
+
     def capture(self) -> None:
         if self.eager:
             return
