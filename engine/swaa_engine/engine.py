@@ -506,10 +506,12 @@ class LLMEngine:
                     penalized = p.repetition_penalty != 1.0 or p.penalizes_output
                     rows.append(SampleRow(p, req.rng, c.seq.token_ids if penalized else [], c.seq.request_id, req.matcher,
                                           num_prompt=c.seq.num_prompt, masked=self._masked(req)))
+            # everything the kernels read, copied from the sequences now: the runner reads no Sequence
+            batch = self.runner.prepare(chunks, scores)
             self._in_step = {c.seq.request_id for c in chunks}
         try:
             # outside the lock: aborts may land meanwhile (freed after)
-            result = self.runner.execute(chunks, rows, scores) if scores else self.runner.execute(chunks, rows)
+            result = self.runner.execute(batch, rows)
         except Exception as e:
             with self._lock:
                 self._in_step = set()

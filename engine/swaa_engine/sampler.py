@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from swaa_engine.sampling_params import SamplingParams
+from swaa_engine.transfer import upload
 
 
 @dataclass
@@ -25,14 +26,6 @@ class SampleRow:
     matcher: object | None = None  # structured output: an xgrammar GrammarMatcher (allowed tokens), advanced by the engine
     num_prompt: int = 0  # history[num_prompt:] were generated (presence and frequency penalties count those only)
     masked: tuple[int, ...] = ()  # token ids that cannot be picked this step (banned, bad words, EOS before min_tokens)
-
-
-def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list on ``device`` in one copy: pinned and asynchronous on CUDA (the copy overlaps the host's next
-    work), a plain tensor elsewhere."""
-    if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 class TokenPresence:
@@ -109,9 +102,9 @@ def _adjust(logits: torch.Tensor, rows: list[SampleRow], counts: TokenPresence |
     if out_pen:
         counts = counts if counts is not None and counts.vocab == vocab else TokenPresence(vocab, dev, len(out_pen), counts=True)
         c = counts.rows([rows[i] for i in out_pen])
-        pres = torch.tensor([rows[i].params.presence_penalty for i in out_pen], dtype=logits.dtype, device=dev)[:, None]
-        freq = torch.tensor([rows[i].params.frequency_penalty for i in out_pen], dtype=logits.dtype, device=dev)[:, None]
-        idx = torch.tensor(out_pen, dtype=torch.long, device=dev)
+        pres = upload([rows[i].params.presence_penalty for i in out_pen], logits.dtype, dev)[:, None]
+        freq = upload([rows[i].params.frequency_penalty for i in out_pen], logits.dtype, dev)[:, None]
+        idx = upload(out_pen, torch.long, dev)
         logits[idx] = logits[idx] - freq * c - pres * (c > 0).to(logits.dtype)
     if sparse:
         b_row, b_tok, b_val, m_row, m_tok = [], [], [], [], []
@@ -178,8 +171,8 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
     if penalized:
         presence = presence if presence is not None and presence.vocab == vocab else TokenPresence(vocab, logits.device, len(penalized))
         seen = presence.rows([rows[i] for i in penalized])
-        pen = torch.tensor([rows[i].params.repetition_penalty for i in penalized], dtype=logits.dtype, device=logits.device)
-        idx = torch.tensor(penalized, dtype=torch.long, device=logits.device)
+        pen = upload([rows[i].params.repetition_penalty for i in penalized], logits.dtype, logits.device)
+        idx = upload(penalized, torch.long, logits.device)
         logits = logits if inplace else logits.clone()
         if logits.device.type == "cuda":
             # dense over the vocabulary: a few passes cost microseconds on a GPU, and nonzero would sync the host
@@ -197,39 +190,41 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
     chosen = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
     if stochastic:
-        idx = torch.tensor(stochastic, dtype=torch.long, device=logits.device)
+        idx = upload(stochastic, torch.long, logits.device)
         sub = logits[idx]
-        temp = torch.tensor([rows[i].params.temperature for i in stochastic], device=logits.device)[:, None]
+        temp = upload([rows[i].params.temperature for i in stochastic], torch.float32, logits.device)[:, None]
         # temperatures are >= GREEDY_TEMPERATURE here, but large logits over a small one can still overflow:
         # clamped, equal maxima share the mass instead of turning the softmax into NaN
         probs_sorted, order = torch.sort(torch.softmax(_finite(sub / temp), dim=-1), dim=-1, descending=True)
         rank = torch.arange(vocab, device=logits.device)[None, :]
-        top_k = torch.tensor([rows[i].params.top_k or vocab for i in stochastic], device=logits.device)[:, None]
-        top_p = torch.tensor([rows[i].params.top_p for i in stochastic], device=logits.device)[:, None]
-        min_p = torch.tensor([rows[i].params.min_p for i in stochastic], device=logits.device)[:, None]
+        top_k = upload([rows[i].params.top_k or vocab for i in stochastic], torch.long, logits.device)[:, None]
+        top_p = upload([rows[i].params.top_p for i in stochastic], torch.float32, logits.device)[:, None]
+        min_p = upload([rows[i].params.min_p for i in stochastic], torch.float32, logits.device)[:, None]
         cum_before = probs_sorted.cumsum(-1) - probs_sorted
         keep = (rank < top_k) & (cum_before < top_p) & (probs_sorted >= min_p * probs_sorted[:, :1])
         keep[:, 0] = True  # the most likely token always survives
         probs_sorted = probs_sorted * keep
         cdf = probs_sorted.cumsum(-1)
-        u = torch.tensor([rows[i].rng.random() for i in stochastic], dtype=cdf.dtype, device=logits.device)[:, None]
+        u = upload([rows[i].rng.random() for i in stochastic], cdf.dtype, logits.device)[:, None]
         pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=vocab - 1)
         # searchsorted can land on a zeroed tail entry after float rounding: step back to a kept one
         pick = torch.minimum(pick, keep.sum(-1, keepdim=True) - 1)
         chosen[idx] = order.gather(1, pick).squeeze(1)
 
-    token_ids = chosen.tolist()
     lps: list = [None] * n
-    if want:
-        picked = chosen if len(want) == n else chosen[torch.tensor(want, device=chosen.device)]
-        kmax = max(rows[i].params.logprobs for i in want)
-        # everything the host needs in one transfer: the chosen token's logprob, then the top-k values and ids
-        parts = [logp.gather(1, picked[:, None])]
-        if kmax:
-            top_v, top_i = logp.topk(kmax, dim=-1)
-            parts += [top_v, top_i.to(logp.dtype)]  # ids < 2^24: exact in float32 (and in float64 below)
-        host = torch.cat(parts, dim=1).double().tolist()
-        for j, i in enumerate(want):
-            k, row = rows[i].params.logprobs, host[j]
-            lps[i] = (row[0], list(zip(map(int, row[1 + kmax : 1 + kmax + k]), row[1 : 1 + k])))
+    if not want:
+        return SampleResult(chosen.tolist(), lps)
+    picked = chosen if len(want) == n else chosen[upload(want, torch.long, chosen.device)]
+    kmax = max(rows[i].params.logprobs for i in want)
+    # everything the host needs in one transfer: the chosen ids, then per logprob row the chosen token's logprob,
+    # the top-k values and ids (ids < 2^24: exact in float32, and in float64 here)
+    parts = [logp.gather(1, picked[:, None])]
+    if kmax:
+        top_v, top_i = logp.topk(kmax, dim=-1)
+        parts += [top_v, top_i.to(logp.dtype)]
+    flat = torch.cat([chosen.double(), torch.cat(parts, dim=1).double().flatten()]).tolist()
+    token_ids, width = [int(t) for t in flat[:n]], 1 + 2 * kmax
+    for j, i in enumerate(want):
+        k, row = rows[i].params.logprobs, flat[n + j * width : n + (j + 1) * width]
+        lps[i] = (row[0], list(zip(map(int, row[1 + kmax : 1 + kmax + k]), row[1 : 1 + k])))
     return SampleResult(token_ids, lps)

@@ -40,12 +40,12 @@ def test_an_abort_landing_inside_a_step_hurts_no_other_request(name, tiny_qwen3)
     ids = [e.add_request(p, PARAMS) for p in PROMPTS]
     execute, calls = e.runner.execute, [0]
 
-    def abort_then_execute(chunks, rows):
+    def abort_then_execute(batch, rows):
         calls[0] += 1
         if calls[0] == 4:  # mid-decode for some, mid-prefill for others
             assert e.abort(ids[1]) is not None
             assert e.cache.blocks.num_used + e.cache.rings.num_used > 0  # its slots are still held
-        return execute(chunks, rows)
+        return execute(batch, rows)
 
     e.runner.execute = abort_then_execute
     got = {i: [] for i in ids}
@@ -63,11 +63,11 @@ def test_a_step_that_raises_fails_only_its_requests(tiny_qwen3):
     first = [e.add_request(p, PARAMS) for p in PROMPTS[:2]]
     execute, calls = e.runner.execute, [0]
 
-    def fail_third(chunks, rows):
+    def fail_third(batch, rows):
         calls[0] += 1
         if calls[0] == 3:
             raise RuntimeError("injected fault")
-        return execute(chunks, rows)
+        return execute(batch, rows)
 
     e.runner.execute = fail_third
     e.step(), e.step()
@@ -88,11 +88,11 @@ def test_async_streams_of_a_failed_step_end_with_an_error_and_others_finish(tiny
     e = engine(tiny_qwen3[0], "fa")
     execute, state = e.runner.execute, {"fail": False}
 
-    def maybe_fail(chunks, rows):
+    def maybe_fail(batch, rows):
         if state["fail"]:
             state["fail"] = False
             raise RuntimeError("injected fault")
-        return execute(chunks, rows)
+        return execute(batch, rows)
 
     e.runner.execute = maybe_fail
     ae = AsyncEngine(e)
@@ -122,12 +122,12 @@ def test_a_runner_raising_on_the_kth_step_only_leaves_the_engine_serving(tiny_qw
     ids = [e.add_request(p, PARAMS) for p in PROMPTS]
     execute, calls, failed = e.runner.execute, [0], []
 
-    def fail_kth(chunks, rows):
+    def fail_kth(batch, rows):
         calls[0] += 1
         if calls[0] == 2:  # the first prompt's last chunk and the second's first: the others still wait
-            failed.extend(c.seq.request_id for c in chunks)
+            failed.extend(batch.request_ids)
             raise RuntimeError("injected fault")
-        return execute(chunks, rows)
+        return execute(batch, rows)
 
     e.runner.execute = fail_kth
     got = {i: [] for i in ids}
@@ -156,7 +156,7 @@ def test_a_runner_that_keeps_raising_marks_the_engine_dead(tiny_qwen3):
     e = engine(tiny_qwen3[0], "swa+sinks+half_fa")
     ids = [e.add_request(p, PARAMS) for p in PROMPTS]
 
-    def always(chunks, rows):
+    def always(batch, rows):
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
     e.runner.execute = always
@@ -178,7 +178,7 @@ def test_a_failing_device_probe_marks_the_engine_dead_at_the_first_failure(tiny_
     ids = [e.add_request(p, PARAMS) for p in PROMPTS]
     e.step()
 
-    def broken(chunks, rows):
+    def broken(batch, rows):
         raise RuntimeError("injected fault")
 
     def probe():
@@ -194,7 +194,7 @@ def test_a_failing_device_probe_marks_the_engine_dead_at_the_first_failure(tiny_
 def test_async_streams_of_a_dead_engine_end_unavailable_and_new_ones_are_refused(tiny_qwen3):
     e = engine(tiny_qwen3[0], "fa")
 
-    def always(chunks, rows):
+    def always(batch, rows):
         raise RuntimeError("injected sticky fault")
 
     e.runner.execute = always

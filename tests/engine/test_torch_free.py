@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CORE = ["swaa_engine", "swaa_engine.scheduler", "swaa_engine.kv_cache.manager", "swaa_engine.kv_cache.pools",
+CORE = ["swaa_engine", "swaa_engine.scheduler", "swaa_engine.kv_cache.manager", "swaa_engine.kv_cache.pools", "swaa_engine.kv_cache.resident",
         "swaa_engine.sequence", "swaa_engine.swaa", "swaa_engine.config", "swaa_engine.sampling_params",
         "swaa_engine.intake", "swaa_engine.outputs", "swaa_engine.detokenizer", "swaa_engine.models.registry",
         "swaa_engine.models.dims", "swaa_server.convert", "swaa_server.config", "swaa_server.cli", "swaa_train.config",

@@ -21,6 +21,7 @@ from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
 from swaa_engine.kv_cache.pools import ring_size, ring_slot
 from swaa_engine.sequence import is_decode
 from swaa_engine.swaa import LayerSpec
+from swaa_engine.transfer import upload
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,14 @@ class AttentionBackend(ABC):
         paged = ring = None
         if any(e.block_table for e in layout.entries):
             n = max(e.end for e in decodes)
-            paged = DecodeTables(block_tables([e.block_table for e in decodes], dev), torch.tensor([e.end for e in decodes], dtype=torch.int32).to(dev),
+            paged = DecodeTables(block_tables([e.block_table for e in decodes], dev),
+                                 upload([e.end for e in decodes], torch.int32, dev),
                                  g.block_size, n, self.decode_kernel.splits(len(decodes), hk, n))
         if any(e.ring is not None for e in layout.entries):
             R = g.ring_slots
             n = min(R, max(e.end for e in decodes))
-            ring = DecodeTables(torch.tensor([[e.ring] for e in decodes], dtype=torch.int32).to(dev),
-                                torch.tensor([min(e.end, R) for e in decodes], dtype=torch.int32).to(dev),
+            ring = DecodeTables(upload([[e.ring] for e in decodes], torch.int32, dev),
+                                upload([min(e.end, R) for e in decodes], torch.int32, dev),
                                 R, n, self.decode_kernel.splits(len(decodes), hk, n))
         return paged, ring
 

@@ -27,6 +27,7 @@ from swaa_engine.attention.base import AttentionBackend, StepLayout, cache_write
 from swaa_engine.attention.ops import DecodeTables
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.swaa import AttentionKind
+from swaa_engine.transfer import upload
 
 
 @dataclass
@@ -72,11 +73,11 @@ class FlashMeta:
 
 
 def _i32(x, dev) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.int32, device=dev)
+    return upload(x, torch.int32, dev)
 
 
 def _i64(x, dev) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.long, device=dev)
+    return upload(x, torch.long, dev)
 
 
 def _cu(lengths: list[int], dev) -> torch.Tensor:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from swaa_engine.transfer import upload
+
 
 @dataclass(frozen=True)
 class DecodeTables:
@@ -28,7 +30,8 @@ def block_tables(tables, device=None) -> torch.Tensor:
     """``[len(tables), longest]`` int32, each row a sequence's block table padded with block 0 (never read
     past the sequence's length)."""
     width = max(1, max(len(t) for t in tables))
-    return torch.tensor([list(t) + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
+    host = torch.tensor([list(t) + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    return host if device is None else upload(host, torch.int32, device)
 
 
 @functools.cache  # asked on every sink merge: the answer cannot change within a process

@@ -17,6 +17,7 @@ from swaa_engine.attention.masks import swaa_mask
 from swaa_engine.attention.ops import DecodeTables
 from swaa_engine.kv_cache.pools import ring_slot
 from swaa_engine.swaa import AttentionKind
+from swaa_engine.transfer import upload
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TorchBackend(AttentionBackend):
         has_paged = any(e.block_table for e in layout.entries)
 
         def as_long(x):
-            return torch.tensor(x, dtype=torch.long, device=dev)
+            return upload(x, torch.long, dev)
 
         writes = cache_writes(layout, g)
         meta = TorchMeta(
