@@ -122,7 +122,12 @@ def cuda_engine(args):
 
     max_len = args.prompt_tokens + args.steps + 64
     hf_config = qwen3_4b_config(max_len)
-    tok = widened_tokenizer(hf_config.vocab_size)
+    if args.tokenizer:  # saved by --save-tokenizer here: the GPU host has no model package to widen
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    else:
+        tok = widened_tokenizer(hf_config.vocab_size)
     cfg = EngineConfig(model=None, swaa=SWAAConfig(), dtype="bfloat16", device="cuda", attention_backend=args.backend,
                        random_weights=True, max_model_len=max_len, cuda_graphs=True,
                        scheduler=SchedulerConfig(max_num_seqs=args.batch, max_num_batched_tokens=8192,
@@ -143,7 +148,15 @@ def main() -> None:
     ap.add_argument("--graphs", action="store_true", help="CPU: decode steps through the graph runner (eager)")
     ap.add_argument("--plain", action="store_true", help="greedy only: no stop strings, penalty or logprobs")
     ap.add_argument("--backend", default="auto", help="CUDA: the attention backend (prefill; decodes replay graphs)")
+    ap.add_argument("--tokenizer", help="CUDA: a folder saved by --save-tokenizer (instead of widening SmolLM2's)")
+    ap.add_argument("--save-tokenizer", metavar="DIR", help="write the widened tokenizer to DIR and exit")
     args = ap.parse_args()
+    if args.save_tokenizer:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from gpu_bench import qwen3_4b_config
+
+        widened_tokenizer(qwen3_4b_config(1024).vocab_size).save_pretrained(args.save_tokenizer)
+        return
     cuda = args.device == "cuda"
     args.batch = args.batch or (256 if cuda else 128)
     args.prompt_tokens = args.prompt_tokens or (1024 if cuda else 64)
