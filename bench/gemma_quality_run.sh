@@ -11,6 +11,8 @@
 #                 # config of the hybrid grid on CUDA, one invocation per length group (default "4096,8192,16384" then
 #                 # "32704"), results into $OUT/gemma-eval (resumable: a killed run keeps every finished cell)
 #   here:      python bench/gemma_report.py DIR           # the table (Wilson intervals) and the two-model plot
+# A run cut off by the 10-minute limit keeps every finished (config, task, length) cell in $OUT/gemma-eval/results.jsonl:
+# copy that file to .gpu-data/gemma/results.jsonl and carry it in the last call of the next round; `run` resumes it.
 #
 # The prompts are token ids built here (`swaa eval --write-prompts`): the host needs neither the texts package nor
 # a hub; the tokenizer (for the answers' text) comes from the GGUF. EVAL_ARGS adds flags (e.g. --configs "...").
@@ -49,7 +51,7 @@ split)
   ;;
 recv)
   mkdir -p "$HOST"
-  cp -v "$DATA"/part-* "$DATA"/*.whl "$DATA"/prompts.json.gz "$HOST"/ 2>/dev/null
+  cp -v "$DATA"/part-* "$DATA"/*.whl "$DATA"/prompts.json.gz "$DATA"/results.jsonl "$HOST"/ 2>/dev/null
   ls -l "$HOST"; df -h /tmp | tail -1
   ;;
 run)
@@ -63,6 +65,9 @@ run)
   "$py" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$HOST"/gguf-*.whl || exit 1
   export PYTHONPATH="$SITE:$PYTHONPATH"
   "$py" -c "import importlib.metadata as m, gguf; print(*(f'{p} {m.version(p)}' for p in ('torch', 'transformers', 'gguf')), 'gguf from', gguf.__file__)" | tee -a "$OUT/gemma_card.txt"
+  # a run cut off by the call's time limit resumes: carry its results.jsonl as .gpu-data/gemma/results.jsonl
+  mkdir -p "$OUT/gemma-eval"
+  [[ -s $HOST/results.jsonl && ! -s $OUT/gemma-eval/results.jsonl ]] && cp -v "$HOST/results.jsonl" "$OUT/gemma-eval/"
   groups=("$@"); [[ ${#groups[@]} == 0 ]] && groups=(4096,8192,16384 32704)
   rc=0
   for lengths in "${groups[@]}"; do

@@ -49,7 +49,7 @@ def hybrid_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ..
     - SWA / +sinks / +FA-decode / +question tail: every full layer slides by ``window``; sinks and FA-decode apply
       to every sliding layer, its own included (``SWAAConfig.layer_specs``);
     - FA-decode@full: FA-decode on the formerly full layers only, so its own layers attend as trained (rings)
-      and the KV memory stays the native model's;
+      and the KV memory stays the native model's; without sinks too, its own layers are exactly as trained;
     - keep k: k of its full layers stay full (spread evenly), the rest slide with sinks (rings: memory saved).
     """
     full = [i for i, w in enumerate(native) if w is None]
@@ -63,6 +63,9 @@ def hybrid_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ..
         "SWA+sinks+FA-decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
         f"SWA+sinks+FA-decode+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail),
         f"SWA+sinks+FA-decode@{at}+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=tuple(full), fa_tail=tail),
+        # sinks are one knob for every sliding layer (its own too, which were trained without them): this one leaves
+        # its own layers exactly as trained and changes only the formerly full ones
+        f"SWA+FA-decode@{at}+tail{tail}": SWAAConfig(window=window, fa_decode=tuple(full), fa_tail=tail),
     }
     for k in (1, 2):
         if k < len(full):
