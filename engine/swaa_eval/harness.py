@@ -47,10 +47,12 @@ def hybrid_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ..
 
     - ``native``: the model as trained (its baseline, in place of FA);
     - SWA / +sinks / +FA-decode / +question tail: every full layer slides by ``window``; sinks and FA-decode apply
-      to every sliding layer, its own included (``SWAAConfig.layer_specs``);
-    - FA-decode@full: FA-decode on the formerly full layers only, so its own layers attend as trained (rings)
-      and the KV memory stays the native model's; without sinks too, its own layers are exactly as trained;
-    - keep k: k of its full layers stay full (spread evenly), the rest slide with sinks (rings: memory saved).
+      to every sliding layer, its own included (``SWAAConfig.layer_specs``: sinks are one knob for all of them);
+    - FA-decode@full (± tail): FA-decode on the formerly full layers only and no sinks, so its own layers attend
+      exactly as trained (rings) and the KV memory stays the native model's;
+    - keep k: k of its full layers stay full (spread evenly), the others slide (rings: memory saved), no sinks.
+      (Sinks reach its own sliding layers too, which were trained without them: on Gemma 3 270M that turned
+      answers into noise at 1k tokens, docs/quality.md; so the memory-saving configs go without.)
     """
     full = [i for i, w in enumerate(native) if w is None]
     if not full:
@@ -62,16 +64,13 @@ def hybrid_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ..
         "SWA+sinks": SWAAConfig(window=window, sinks=sinks),
         "SWA+sinks+FA-decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
         f"SWA+sinks+FA-decode+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail),
-        f"SWA+sinks+FA-decode@{at}+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=tuple(full), fa_tail=tail),
-        # sinks are one knob for every sliding layer (its own too, which were trained without them): this one leaves
-        # its own layers exactly as trained and changes only the formerly full ones
+        f"SWA+FA-decode@{at}": SWAAConfig(window=window, fa_decode=tuple(full)),
         f"SWA+FA-decode@{at}+tail{tail}": SWAAConfig(window=window, fa_decode=tuple(full), fa_tail=tail),
     }
     for k in (1, 2):
         if k < len(full):
             keep = spread(full, k)
-            grid[f"SWA+sinks+keep {k} full ({','.join(map(str, keep))})"] = SWAAConfig(window=window, sinks=sinks,
-                                                                                      fa_layers=keep)
+            grid[f"SWA+keep {k} full ({','.join(map(str, keep))})"] = SWAAConfig(window=window, fa_layers=keep)
     return grid
 
 
