@@ -20,13 +20,57 @@ _NAMES = {"fa": "FA", "swa": "SWA", "swa+sinks": "SWA+sinks", "swa+sinks+fa_deco
           "swa+sinks+half_fa": "SWA+sinks+1/2 FA", "swa+sinks+fa_decode+quarter_fa": "SWA+sinks+FA-decode+1/4"}
 
 
-def config_grid(window: int, sinks: int, tail: int) -> dict[str, SWAAConfig]:
-    """The paper's configurations (the canonical six plus FA-decode + ½), and the question-tail knob beyond it."""
+def config_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ...] = ()) -> dict[str, SWAAConfig]:
+    """The paper's configurations (the canonical six plus FA-decode + ½), and the question-tail knob beyond it.
+
+    A model with sliding layers of its own (``native``: each layer's window, ``models.registry.native_windows``)
+    gets its own grid (:func:`hybrid_grid`): the paper's interleaved patterns would name its sliding layers."""
+    if any(w is not None for w in native):
+        return hybrid_grid(window, sinks, tail, native)
     canon = {_NAMES[k]: v for k, v in canonical_configs(window, sinks).items()}
     grid = {k: canon[k] for k in ("FA", "SWA", "SWA+sinks", "SWA+sinks+FA-decode", "SWA+sinks+1/2 FA")}
     grid["SWA+sinks+FA-decode+1/2"] = SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_layers="odd")
     grid["SWA+sinks+FA-decode+1/4"] = canon["SWA+sinks+FA-decode+1/4"]
     grid[f"SWA+sinks+FA-decode+tail{tail}"] = SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail)
+    return grid
+
+
+def spread(layers: list[int], k: int) -> tuple[int, ...]:
+    """``k`` of ``layers`` spread evenly (the i-th of k at the middle of the i-th k-th): 1 of 3 → the middle one,
+    2 of 3 → the first and the last. The analogue of the paper's interleaved full layers."""
+    n = len(layers)
+    return tuple(sorted({layers[min(n - 1, int((i + 0.5) * n / k))] for i in range(k)}))
+
+
+def hybrid_grid(window: int, sinks: int, tail: int, native: tuple[int | None, ...]) -> dict[str, SWAAConfig]:
+    """A natively hybrid model (Gemma 3): its own sliding layers keep their window; SWAA slides its full layers.
+
+    - ``native``: the model as trained (its baseline, in place of FA);
+    - SWA / +sinks / +FA-decode / +question tail: every full layer slides by ``window``; sinks and FA-decode apply
+      to every sliding layer, its own included (``SWAAConfig.layer_specs``: sinks are one knob for all of them);
+    - FA-decode@full (± tail): FA-decode on the formerly full layers only and no sinks, so its own layers attend
+      exactly as trained (rings) and the KV memory stays the native model's;
+    - keep k: k of its full layers stay full (spread evenly), the others slide (rings: memory saved), no sinks.
+      (Sinks reach its own sliding layers too, which were trained without them: on Gemma 3 270M that turned
+      answers into noise at 1k tokens, docs/quality.md; so the memory-saving configs go without.)
+    """
+    full = [i for i, w in enumerate(native) if w is None]
+    if not full:
+        raise ValueError("native: every layer slides by its own window; there is no full layer for SWAA to slide")
+    at = ",".join(map(str, full))
+    grid = {
+        "native": SWAAConfig(),
+        "SWA": SWAAConfig(window=window),
+        "SWA+sinks": SWAAConfig(window=window, sinks=sinks),
+        "SWA+sinks+FA-decode": SWAAConfig(window=window, sinks=sinks, fa_decode=True),
+        f"SWA+sinks+FA-decode+tail{tail}": SWAAConfig(window=window, sinks=sinks, fa_decode=True, fa_tail=tail),
+        f"SWA+FA-decode@{at}": SWAAConfig(window=window, fa_decode=tuple(full)),
+        f"SWA+FA-decode@{at}+tail{tail}": SWAAConfig(window=window, fa_decode=tuple(full), fa_tail=tail),
+    }
+    for k in (1, 2):
+        if k < len(full):
+            keep = spread(full, k)
+            grid[f"SWA+keep {k} full ({','.join(map(str, keep))})"] = SWAAConfig(window=window, fa_layers=keep)
     return grid
 
 
@@ -42,9 +86,14 @@ class EvalConfig:
     configs: tuple[str, ...] = ()  # empty = every config of the grid
     seed: int = 0
     dtype: str = "bfloat16"
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = 2048  # also the chunk the LM-loss task is scored in
+    native: tuple[int | None, ...] = ()  # the model's own window per layer (a hybrid model's grid); () = none
+    prompts: str | None = None  # samples written by `swaa eval --write-prompts` (no texts needed), else built here
 
     def __post_init__(self):
+        object.__setattr__(self, "native", tuple(self.native))
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens: must be >= 1, got {self.max_num_batched_tokens}")
         if self.window < 1 or self.sinks < 0 or self.tail < 1 or self.samples < 1:
             raise ValueError("window, tail and samples must be >= 1 and sinks >= 0")
         unknown = set(self.tasks) - set(T.TASKS)
@@ -52,13 +101,46 @@ class EvalConfig:
             raise ValueError(f"tasks: unknown {sorted(unknown)}; known {sorted(T.TASKS)}")
         if any(L <= T.LM_TOKENS + 64 for L in self.lengths):
             raise ValueError(f"lengths: each must exceed {T.LM_TOKENS + 64} tokens")
-        unknown = set(self.configs) - set(self.grid())
+        known = config_grid(self.window, self.sinks, self.tail, self.native)
+        unknown = set(self.configs) - set(known)
         if unknown:
-            raise ValueError(f"configs: unknown {sorted(unknown)}; known {list(self.grid())}")
+            raise ValueError(f"configs: unknown {sorted(unknown)}; known {list(known)}")
 
     def grid(self) -> dict[str, SWAAConfig]:
-        g = config_grid(self.window, self.sinks, self.tail)
+        g = config_grid(self.window, self.sinks, self.tail, self.native)
         return {k: v for k, v in g.items() if not self.configs or k in self.configs}
+
+    @property
+    def baseline(self) -> str:
+        """The config the others are compared with: FA, or a hybrid model's own attention."""
+        return "native" if any(w is not None for w in self.native) else "FA"
+
+
+def build_samples(cfg: EvalConfig, tokenizer) -> list[T.Sample]:
+    """Every sample of the grid's tasks and lengths, from the eval plays (the same for every config)."""
+    from swaa_eval.texts import plays
+
+    hay = T.Haystack(tokenizer, plays("eval"))
+    return [T.TASKS[t](hay, cfg.seed, L, i) for t in cfg.tasks for L in cfg.lengths for i in range(cfg.samples)]
+
+
+def _sample_source(cfg: EvalConfig, tokenizer):
+    """(task, length, index) → sample: from ``cfg.prompts`` (checked to hold what the grid needs), else built."""
+    if cfg.prompts is None:
+        samples = {}
+
+        def get(task, L, i):
+            if not samples:
+                samples.update({(s.task, s.length, s.index): s for s in build_samples(cfg, tokenizer)})
+            return samples[(task, L, i)]
+        return get
+    meta, samples = T.load_samples(cfg.prompts)
+    if meta.get("seed") != cfg.seed:
+        raise ValueError(f"prompts: {cfg.prompts} was built with seed {meta.get('seed')}, not {cfg.seed}")
+    missing = [(t, L, i) for t in cfg.tasks for L in cfg.lengths for i in range(cfg.samples) if (t, L, i) not in samples]
+    if missing:
+        raise ValueError(f"prompts: {cfg.prompts} lacks {len(missing)} samples, e.g. {missing[0]}")
+    return lambda task, L, i: samples[(task, L, i)]
 
 
 def _done(path: str) -> dict[tuple, dict]:
@@ -80,14 +162,13 @@ def run_grid(cfg: EvalConfig, hf_model, tokenizer, progress: bool = True) -> lis
     from swaa_engine.engine import LLM
     from swaa_engine.sampling_params import SamplingParams
     from swaa_eval.scoring import score
-    from swaa_eval.texts import plays
 
     os.makedirs(cfg.out, exist_ok=True)
     path = os.path.join(cfg.out, "results.jsonl")
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
     done = _done(path)
-    hay = T.Haystack(tokenizer, plays("eval"))
+    sample = _sample_source(cfg, tokenizer)
     todo = [(t, c, L, i) for c in cfg.grid() for t in cfg.tasks for L in cfg.lengths for i in range(cfg.samples)
             if (t, c, L, i) not in done]
     bar = tqdm(total=len(todo), desc="eval", disable=not progress, unit="sample")
@@ -96,19 +177,21 @@ def run_grid(cfg: EvalConfig, hf_model, tokenizer, progress: bool = True) -> lis
         mine = [k for k in todo if k[1] == name]
         if not mine:
             continue
+        # CUDA graphs off: an eval decodes 10 tokens per batch, far fewer than capturing the graphs costs (graph
+        # replay decodes as the eager path does: tests/engine/test_cuda_graphs.py)
         llm = LLM(None, swaa=swaa, hf_model=hf_model, tokenizer=tokenizer, dtype=cfg.dtype, max_model_len=max_len,
-                  scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens))
+                  scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens), cuda_graphs=False)
         for task in cfg.tasks:
             for L in cfg.lengths:
                 keys = [k for k in mine if k[0] == task and k[2] == L]
                 if not keys:
                     continue
-                samples = [T.TASKS[task](hay, cfg.seed, L, i) for _, _, _, i in keys]
+                samples = [sample(task, L, i) for _, _, _, i in keys]
                 t0 = time.perf_counter()
                 rows = []
                 if task == "lm":
                     for s in samples:
-                        lp = score(llm.engine, list(s.prompt_ids), s.num_prompt)
+                        lp = score(llm.engine, list(s.prompt_ids), s.num_prompt, chunk=cfg.max_num_batched_tokens)
                         rows.append(dict(loss=-sum(lp) / len(lp)))
                 else:
                     outs = llm.generate([list(s.prompt_ids) for s in samples],
@@ -180,7 +263,7 @@ def write_report(cfg: EvalConfig, records: list[dict] | None = None, title: str 
     md = [title] if title else []
     for task in [t for t in cfg.tasks if any(x.task == t for x in cells)]:
         if task == "lm":
-            md.append(f"\n**lm** — mean NLL (nats/token) of the last {T.LM_TOKENS} tokens of an excerpt (95 % CI; Δ vs FA):\n")
+            md.append(f"\n**lm** — mean NLL (nats/token) of the last {T.LM_TOKENS} tokens of an excerpt (95 % CI; Δ vs {cfg.baseline}):\n")
         else:
             md.append(f"\n**{task}** — correct / samples (accuracy, Wilson 95 % CI):\n")
         md.append("| config | " + " | ".join(f"{L:,} tokens" for L in lengths) + " |")
@@ -192,8 +275,8 @@ def write_report(cfg: EvalConfig, records: list[dict] | None = None, title: str 
                 if x is None:
                     row.append("–")
                 elif task == "lm":
-                    fa = get.get((task, "FA", L))
-                    delta = f" (Δ {x.value - fa.value:+.3f})" if fa and c != "FA" else ""
+                    fa = get.get((task, cfg.baseline, L))
+                    delta = f" (Δ {x.value - fa.value:+.3f})" if fa and c != cfg.baseline else ""
                     row.append(f"{x.value:.3f} ± {x.high - x.value:.3f}{delta}")
                 else:
                     row.append(f"{x.extra['correct']}/{x.n} ({x.value:.0%}, {x.low:.0%}–{x.high:.0%})")

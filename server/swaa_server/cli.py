@@ -384,25 +384,60 @@ def replica_config_from_args(args):
                          object_store_bytes=args.ray_object_store_bytes)
 
 
+def _eval_model(model: str | None, weights: bool = True):
+    """(name, transformers model in float32 or None, tokenizer) for ``swaa eval``; a GGUF file is read once
+    (``models.gguf.read_gguf``: config, tokenizer and weights), not once per object as ``from_pretrained`` reads it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swaa_engine.models.loader import resolve_source
+
+    src = resolve_source(model)
+    print(f"loading {src.name} …", file=sys.stderr)
+    if src.gguf_file:
+        from swaa_engine.models.gguf import read_gguf
+
+        ck = read_gguf(src.folder, src.gguf_file)
+        if not weights:
+            return src.name, ck.config, ck.tokenizer
+        hf = AutoModelForCausalLM.from_config(ck.config, dtype=torch.float32)  # (on CPU: buffers are real)
+        names = set(hf.state_dict())
+        missing = names - set(ck.state_dict) - ({"lm_head.weight"} if ck.config.tie_word_embeddings else set())
+        if missing:
+            raise RuntimeError(f"{src.gguf_file}: weights missing: {sorted(missing)[:5]}")
+        hf.load_state_dict({k: ck.state_dict[k] for k in names if k in ck.state_dict}, strict=False)
+        hf.tie_weights()
+        return src.name, hf.eval(), ck.tokenizer
+    tok = AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
+    if not weights:
+        from swaa_engine.models.loader import load_hf_config
+
+        return src.name, load_hf_config(src), tok
+    return src.name, AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.hf_kwargs()).eval(), tok
+
+
 def cmd_eval(args) -> int:
     """Long-context quality grid through the engine (resumable: rerun the same command to continue)."""
     import time
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from swaa_eval.harness import EvalConfig, build_samples, run_grid, write_report
+    from swaa_engine.models.registry import native_windows
 
-    from swaa_eval.harness import EvalConfig, run_grid, write_report
-    from swaa_engine.models.loader import resolve_source
-
+    name, hf, tok = _eval_model(args.model, weights=not args.write_prompts)
     cfg = EvalConfig(out=args.out, window=args.window, sinks=args.sinks, tail=args.tail,
                      lengths=tuple(int(x) for x in args.lengths.split(",")), samples=args.samples,
                      tasks=tuple(args.tasks.split(",")), configs=tuple(args.configs.split(",")) if args.configs else (),
-                     seed=args.seed, dtype=args.dtype)
-    src = resolve_source(args.model)
-    print(f"loading {src.name} …", file=sys.stderr)
-    hf = AutoModelForCausalLM.from_pretrained(src.folder, dtype=torch.float32, **src.hf_kwargs()).eval()
-    tok = AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
-    name = src.name
+                     seed=args.seed, dtype=args.dtype, max_num_batched_tokens=args.max_batched_tokens,
+                     native=native_windows(getattr(hf, "config", hf)), prompts=args.prompts)
+    if args.write_prompts:  # the samples only (token ids): a GPU host then needs neither the texts nor tokenizing
+        from swaa_eval import tasks as T
+
+        t0 = time.perf_counter()
+        samples = build_samples(cfg, tok)
+        T.save_samples(args.write_prompts, samples, {"model": name, "seed": cfg.seed, "lengths": list(cfg.lengths),
+                                                     "samples": cfg.samples, "tasks": list(cfg.tasks)})
+        print(f"wrote {len(samples)} samples to {args.write_prompts} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return 0
     if args.lora:
         from swaa_engine.models.adapters import merge_adapter
 
@@ -642,6 +677,12 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     e.add_argument("--configs", default="", help="comma-separated grid names (default: all)")
     e.add_argument("--seed", type=int, default=default(EvalConfig, "seed"), help="seed of the samples")
     e.add_argument("--dtype", default=default(EvalConfig, "dtype"), choices=["bfloat16", "float32"], help="model dtype")
+    e.add_argument("--max-batched-tokens", type=int, default=default(EvalConfig, "max_num_batched_tokens"),
+                   help="prefill chunk budget per engine step (and the LM-loss task's scoring chunk)")
+    e.add_argument("--prompts", default=None, metavar="FILE",
+                   help="run the samples of this file (from --write-prompts) instead of building them from the texts")
+    e.add_argument("--write-prompts", default=None, metavar="FILE",
+                   help="only build the samples (token ids, gzipped JSON lines) into FILE; runs no model")
     e.add_argument("--lora", default=None, metavar="DIR", help="evaluate with this peft adapter merged in")
     e.set_defaults(func=cmd_eval)
 

@@ -115,3 +115,46 @@ def test_flash_backend_logic_with_an_emulated_kernel(kind, window, sinks, block_
     fake_fa4.install(monkeypatch)
     err = run_backend("flash", "cpu", torch.float32, kind, window, sinks, block_size=block_size, lens=(23, 9, 1, 40))
     assert err < 1e-5, err
+
+
+def _fake_fa4_refusing(monkeypatch, refuse):
+    """The emulated kernel, made to fail the way a real one may: ``refuse(q, k) -> "raise" | "wrong" | None``."""
+    from tests import fake_fa4
+
+    module = fake_fa4.install(monkeypatch)
+    real = fake_fa4.flash_attn_varlen_func
+
+    def kernel(q, k, v, **kw):
+        how = refuse(q, k)
+        if how == "raise":
+            raise AssertionError(f"(head_dim, head_dim_v)=({q.shape[-1]}, {v.shape[-1]}) is not supported")
+        out, lse = real(q, k, v, **kw)
+        return (torch.zeros_like(out) if how == "wrong" else out), lse
+
+    monkeypatch.setattr(module, "flash_attn_varlen_func", kernel)
+    return module
+
+
+@pytest.mark.parametrize("how", ["raise", "wrong"])
+@pytest.mark.parametrize("name", ["flash", "auto"])
+def test_a_kernel_refusing_a_head_dim_falls_back_with_a_warning(how, name, monkeypatch, caplog):
+    """flash-attn-4 may refuse (or miscompute) a head_dim such as Gemma 3's 256: the backend's probe finds it
+    before serving and the engine falls back to the torch backend, logging why, instead of failing its first
+    step. Other shapes keep the flash backend."""
+    import logging
+
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("the real flash-attn-4 is installed: tests/gpu checks it")
+    _fake_fa4_refusing(monkeypatch, lambda q, k: how if q.shape[-1] == 256 else None)
+    geo = CacheGeometry(16, 64, 4)
+    with caplog.at_level(logging.WARNING, logger="swaa_engine.attention.base"):
+        b = create_backend(name, torch.device("cpu"), geometry=geo, num_heads=4, num_kv_heads=1, head_dim=256)
+    assert b.name == "torch"
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "head_dim 256" in said and ("not supported" in said if how == "raise" else "off by" in said), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="swaa_engine.attention.base"):
+        b = create_backend(name, torch.device("cpu"), geometry=geo, num_heads=4, num_kv_heads=1, head_dim=128)
+    assert b.name == "flash" and not caplog.records

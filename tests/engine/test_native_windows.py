@@ -218,3 +218,25 @@ def test_two_windows_survive_preemption(swap, tiny_gemma3, prompts):
     assert (stats.swapped_out > 0) == swap
     assert [o.token_ids for o in outs] == want
     assert tight.engine.cache.is_idle() and len(tight.engine.swapper) == 0
+
+
+def test_flash_refusing_gemma_head_dim_serves_on_torch(tiny_gemma3, prompts, monkeypatch, caplog):
+    """`--attention-backend flash` on a model whose head_dim the kernel refuses (emulated here; Gemma 3's 256 on
+    the GPU host: tests/gpu/test_gemma_flash.py): the engine starts on the torch backend, says so, and decodes
+    as transformers' own model."""
+    import importlib.util
+    import logging
+
+    from tests.engine.test_attention_backend import _fake_fa4_refusing
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("the real flash-attn-4 is installed: tests/gpu checks it")
+    _fake_fa4_refusing(monkeypatch, lambda q, k: "raise")
+    folder, hf = tiny_gemma3
+    with caplog.at_level(logging.WARNING, logger="swaa_engine.attention.base"):
+        llm = engine(folder, attention_backend="flash")
+    assert llm.engine.backend.name == "torch"
+    assert any("refuses this model" in r.getMessage() for r in caplog.records)
+    outs = llm.generate(prompts[:2], SamplingParams(max_tokens=12, ignore_eos=True))
+    for p, o in zip(prompts[:2], outs):
+        assert o.token_ids == transformers_greedy(hf, p, 12)

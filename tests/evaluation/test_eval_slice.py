@@ -57,3 +57,69 @@ def test_config_validation():
         EvalConfig(out="x", tasks=("nope",))
     with pytest.raises(ValueError, match="configs"):
         EvalConfig(out="x", configs=("nope",))
+
+
+GEMMA_NATIVE = ((512,) * 5 + (None,)) * 3  # Gemma 3 270M: full at 5, 11, 17
+
+
+def test_hybrid_grid_slides_only_the_full_layers():
+    """A natively hybrid model gets its own grid (the paper's odd/every:4 patterns would name its sliding layers,
+    which SWAAConfig refuses): every config builds on its layers, its own windows stay, the kept layers are spread."""
+    from swaa_engine.swaa import AttentionKind as K
+
+    cfg = EvalConfig(out="x", native=GEMMA_NATIVE, lengths=(4096,))
+    grid = cfg.grid()
+    assert cfg.baseline == "native" and next(iter(grid)) == "native"
+    assert set(grid) == {"native", "SWA", "SWA+sinks", "SWA+sinks+FA-decode", "SWA+sinks+FA-decode+tail32",
+                         "SWA+FA-decode@5,11,17", "SWA+FA-decode@5,11,17+tail32",
+                         "SWA+keep 1 full (11)", "SWA+keep 2 full (5,17)"}
+    specs = {n: c.layer_specs(18, max_len=4200, native=GEMMA_NATIVE) for n, c in grid.items()}
+    full = {n: [s.layer for s in sp if s.kind is K.FULL] for n, sp in specs.items()}
+    assert full["native"] == [5, 11, 17] and full["SWA"] == [] and full["SWA+keep 1 full (11)"] == [11]
+    assert full["SWA+keep 2 full (5,17)"] == [5, 17]
+    for n, sp in specs.items():  # its own layers keep 512 everywhere; SWAA's window is 512 too here
+        assert all(s.window == 512 for s in sp if s.layer not in (5, 11, 17)), n
+    at_full = specs["SWA+FA-decode@5,11,17+tail32"]
+    assert [s.layer for s in at_full if s.kind is K.SLIDING_FA_DECODE] == [5, 11, 17]
+    # its own layers exactly as trained: rings of its window, no sinks
+    assert all(s.sinks == 0 and s.kind is K.SLIDING_RING for s in at_full if s.layer not in (5, 11, 17))
+    assert all(s.kind is K.SLIDING_FA_DECODE for s in specs["SWA+sinks+FA-decode"])
+    assert EvalConfig(out="x").baseline == "FA" and "FA" in EvalConfig(out="x").grid()
+
+
+class _WithBos:
+    """A tokenizer that puts id 1 before any text when asked for special tokens (as Gemma's puts <bos>)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode(self, text, add_special_tokens=True):
+        return ([1] if add_special_tokens else []) + self.tok.encode(text, add_special_tokens=False)
+
+
+def test_prompts_start_as_the_tokenizer_starts_them(smollm2):
+    plain = T.Haystack(smollm2[1], plays("eval")[:2])
+    assert plain.start == []  # SmolLM2 adds nothing: its samples (and docs/eval tables) are unchanged
+    bos = T.Haystack(_WithBos(smollm2[1]), plays("eval")[:2])
+    assert bos.start == [1]
+    for make in (T.passkey, T.multikey, T.lm):
+        with_bos, without = make(bos, 0, 700, 2), make(plain, 0, 700, 2)
+        assert len(with_bos.prompt_ids) == 700 and with_bos.prompt_ids[0] == 1 and without.prompt_ids[0] != 1
+        assert with_bos.answer == without.answer
+
+
+def test_precomputed_prompts_are_the_built_ones(smollm2, tmp_path):
+    """`swaa eval --write-prompts` then `--prompts`: the host runs exactly the samples built here; a file built
+    with another seed, or lacking a sample, is refused."""
+    from swaa_eval.harness import _sample_source, build_samples
+
+    cfg = EvalConfig(out=str(tmp_path), lengths=(400, 600), samples=2)
+    built = build_samples(cfg, smollm2[1])
+    path = str(tmp_path / "p.json.gz")
+    T.save_samples(path, built, {"seed": 0})
+    get = _sample_source(EvalConfig(out=str(tmp_path), lengths=(400, 600), samples=2, prompts=path), None)
+    assert [get(s.task, s.length, s.index) for s in built] == built
+    with pytest.raises(ValueError, match="seed"):
+        _sample_source(EvalConfig(out="x", lengths=(400,), samples=1, seed=1, prompts=path), None)
+    with pytest.raises(ValueError, match="lacks"):
+        _sample_source(EvalConfig(out="x", lengths=(400, 800), samples=1, prompts=path), None)

@@ -142,6 +142,14 @@ class AttentionBackend(ABC):
     def supports(cls, device: torch.device) -> bool:
         return True
 
+    @classmethod
+    def refuses(cls, device: torch.device, *, geometry: CacheGeometry, num_heads: int, num_kv_heads: int,
+                head_dim: int, scale: float | None = None) -> str | None:
+        """Why this backend cannot run a model of these shapes on ``device`` (None: it can). Checked before
+        the backend is built, so that a kernel refusing a shape (flash-attn-4 and head_dim 256, say) means a
+        logged fallback at start-up rather than a failed first step."""
+        return None
+
     def heads(self, q, k, v, cache):
         """Per-head views of a step's q/k/v and flat ``[slots, kv_heads, dim]`` views of the layer's K/V cache."""
         T = q.shape[0]
@@ -209,22 +217,38 @@ def available_backends() -> list[str]:
 
 
 def create_backend(name: str, device: torch.device, **kwargs) -> AttentionBackend:
-    """``auto`` takes the first backend in preference order that imports and supports the device."""
-    if name == "auto":
-        for cand in _PREFERENCE:
-            if cand not in _REGISTRY:
-                continue
-            try:
-                cls = _load(cand)
-            except Exception as e:  # a kernel package that is missing or cannot load its libraries
-                log.info("attention backend %r unavailable: %r", cand, e)
-                continue
-            if cls.supports(device):
-                return cls(device=device, **kwargs)
-        raise RuntimeError("no attention backend supports this device")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
-    cls = _load(name)
-    if not cls.supports(device):
-        raise ValueError(f"attention backend {name!r} does not support device {device}")
-    return cls(device=device, **kwargs)
+    """``auto`` takes the first backend in preference order that imports, supports the device and accepts the
+    model's shapes (``refuses``). A named backend that refuses the shapes falls back the same way, with a
+    warning naming the reason: the engine serves on a backend that works, and says which (``backend.name``)."""
+    if name != "auto":
+        if name not in _REGISTRY:
+            raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
+        cls = _load(name)
+        if not cls.supports(device):
+            raise ValueError(f"attention backend {name!r} does not support device {device}")
+        why = cls.refuses(device, **kwargs)
+        if why is None:
+            return cls(device=device, **kwargs)
+        backend = _first_usable(device, kwargs, skip=name)
+        log.warning("attention backend %r refuses this model (%s): using %r instead", name, why, backend.name)
+        return backend
+    return _first_usable(device, kwargs)
+
+
+def _first_usable(device: torch.device, kwargs: dict, skip: str | None = None) -> AttentionBackend:
+    for cand in _PREFERENCE:
+        if cand not in _REGISTRY or cand == skip:
+            continue
+        try:
+            cls = _load(cand)
+        except Exception as e:  # a kernel package that is missing or cannot load its libraries
+            log.info("attention backend %r unavailable: %r", cand, e)
+            continue
+        if not cls.supports(device):
+            continue
+        why = cls.refuses(device, **kwargs)
+        if why is not None:
+            log.warning("attention backend %r refuses this model: %s", cand, why)
+            continue
+        return cls(device=device, **kwargs)
+    raise RuntimeError("no attention backend supports this device and model")

@@ -16,6 +16,7 @@ Every path is one kernel call over the whole step:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +100,13 @@ class FlashBackend(AttentionBackend):
     @classmethod
     def supports(cls, device: torch.device) -> bool:
         return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+    @classmethod
+    def refuses(cls, device, *, geometry, num_heads, num_kv_heads, head_dim, scale=None) -> str | None:
+        # flash-attn-4 validates shapes per architecture and JIT-compiles per shape: whether it runs (and runs
+        # right) for e.g. head_dim 256 on this card is known only by running it, once per process and shape
+        return _probe(str(device), num_heads, num_kv_heads, head_dim, geometry.block_size,
+                      head_dim**-0.5 if scale is None else scale)
 
     # -- metadata, once per step --------------------------------------------------------------
     def prepare(self, layout: StepLayout) -> FlashMeta:
@@ -257,3 +265,44 @@ class FlashBackend(AttentionBackend):
                 if meta.pf_gen_paged is not None:
                     self._run(meta.pf_gen_paged, q, kc, vc, out, causal=True, window=None)
         return out.view(T, self.num_heads * self.head_dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(device: str, num_heads: int, num_kv_heads: int, head_dim: int, page: int, scale: float) -> str | None:
+    """Runs the three call forms the backend uses (paged causal; paged window-causal with LSE; packed keys
+    window-causal with LSE) on a tiny bf16 step and checks them against float32 attention. Returns why they
+    failed, or None. Costs one kernel compile per form, which the engine's warm-up would pay anyway."""
+    try:
+        dev = torch.device(device)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        nq, nk, win = 5, page + 7, 3  # two pages, the second partly used; queries are the last nq keys
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen).to(dev, torch.bfloat16)
+
+        q, kc, vc = rand(nq, num_heads, head_dim), rand(2, page, num_kv_heads, head_dim), rand(2, page, num_kv_heads, head_dim)
+        k, v = kc.reshape(-1, num_kv_heads, head_dim)[:nk], vc.reshape(-1, num_kv_heads, head_dim)[:nk]
+        g = num_heads // num_kv_heads
+        s = torch.einsum("qhd,khd->hqk", q.float(), k.float().repeat_interleave(g, 1)) * scale
+        qpos, kpos = torch.arange(nk - nq, nk, device=dev)[:, None], torch.arange(nk, device=dev)[None, :]
+        cu_q = torch.tensor([0, nq], dtype=torch.int32, device=dev)
+        paged = dict(page_table=torch.tensor([[0, 1]], dtype=torch.int32, device=dev),
+                     seqused_k=torch.tensor([nk], dtype=torch.int32, device=dev))
+        packed = dict(cu_seqlens_k=torch.tensor([0, nk], dtype=torch.int32, device=dev), max_seqlen_k=nk)
+        for form, keys, window in (("paged causal", paged, None), ("paged window", paged, win),
+                                   ("packed window", packed, win)):
+            visible = kpos <= qpos if window is None else (kpos <= qpos) & (kpos > qpos - window)
+            sm = s.masked_fill(~visible[None], float("-inf"))
+            want = torch.einsum("hqk,khd->qhd", sm.softmax(-1), v.float().repeat_interleave(g, 1))
+            kw = dict(cu_seqlens_q=cu_q, max_seqlen_q=nq, softmax_scale=scale, causal=True, return_lse=window is not None,
+                      **({"window_size": (window - 1, 0)} if window else {}))
+            res = flash_attn_varlen_func(q, kc if keys is paged else k, vc if keys is paged else v, **kw, **keys)
+            out, lse = (res[0], res[1]) if isinstance(res, tuple) else (res, None)
+            err = float((out.float() - want).norm() / want.norm())
+            if not err < 2e-2:  # bf16 rounding is ~4e-3 here; NaN fails too
+                return f"flash-attn-4 {form} call is off by {err:.3g} (relative) at head_dim {head_dim}"
+            if lse is not None and not torch.allclose(lse.float(), torch.logsumexp(sm, -1), atol=5e-2):
+                return f"flash-attn-4 {form} call returns a wrong LSE at head_dim {head_dim}"
+        return None
+    except Exception as e:  # an assertion on the shape, a compile failure, an illegal launch: all mean "not here"
+        return f"flash-attn-4 failed on head_dim {head_dim}, {num_heads}/{num_kv_heads} heads, page {page}: {e!r}"[:500]
