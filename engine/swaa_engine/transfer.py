@@ -9,9 +9,6 @@ def upload(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A host list (or numpy array) on ``device`` in one copy: pinned and asynchronous on CUDA, so the host goes on
     while the copy waits its turn on the stream (a pageable copy would wait for every kernel queued before it); a plain
     tensor elsewhere. The caching host allocator keeps the pinned block until the copy has run."""
-    if isinstance(values, torch.Tensor):  # a host tensor
-        host = values.to(dtype)
-        return host if device.type != "cuda" else host.pin_memory().to(device, non_blocking=True)
-    if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+    # a host tensor, a numpy array or a list: torch.tensor(..., pin_memory=True) refuses numpy arrays
+    host = torch.as_tensor(values, dtype=dtype)
+    return host if device.type != "cuda" else host.pin_memory().to(device, non_blocking=True)
