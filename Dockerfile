@@ -39,7 +39,10 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OF
     SWAA_HOST=0.0.0.0 SWAA_PORT=50051 SWAA_METRICS_PORT=9090
 COPY --from=build /wheels /wheels
 COPY --from=build /wheels-nodeps /wheels-nodeps
+# the service's wheel again with its `structured` extra (xgrammar: structured output's token masks); the extra's pin
+# stays in pyproject.toml, the one place it is written
 RUN pip install --no-cache-dir /wheels/*.whl \
+ && set -- /wheels/swaa_serve-*.whl && pip install --no-cache-dir "$1[structured]" \
  && pip install --no-cache-dir --no-deps /wheels-nodeps/*.whl \
  && rm -rf /wheels /wheels-nodeps \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin swaa && mkdir -p /models && chown swaa /models

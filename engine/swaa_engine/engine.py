@@ -45,6 +45,15 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 # A prompt: text, token ids, or chat messages ([{"role": …, "content": …}, …]).
 Prompt = Union[str, Seq[int], Seq[dict]]
 
+# Joins a request id and a sample index into the engine sequence's id: a control character, which no caller's id
+# may hold (check_request_id: printable only), so a sample's id never clashes with a request's.
+_SAMPLE_SEP = "\x1f"
+
+
+def sample_id(request_id: str, index: int) -> str:
+    """The engine sequence id of sample ``index`` of a request with n > 1 samples."""
+    return f"{request_id}{_SAMPLE_SEP}{index}"
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -422,9 +431,23 @@ class LLMEngine:
 
     def add_sample(self, prompt: Prompt, params: SamplingParams, sequence_id: str) -> str:
         """One sample of a request with n > 1 (``AsyncEngine`` fans them out): like ``add_request``, but its id is the
-        sample's sequence id (``async_engine.sample_id``), which holds a control character on purpose (no caller's id
+        sample's sequence id (``sample_id``), which holds a control character on purpose (no caller's id
         can then clash with it) and so is not a caller's id to check."""
         return self._add(prompt, params, sequence_id)
+
+    def add_samples(self, prompt: Prompt, params: SamplingParams, ids: Seq[str]) -> None:
+        """The n samples of a request as sequences ``ids`` (``sample_id(request_id, i)``), in index order, each with
+        ``params.sample_params(i)``: the prompt tokenized once; sample 0 is queued first, so it computes the prompt
+        while the others wait for its prefill and then share its KV through prefix caching (the scheduler's
+        ``_prefix_in_flight``). All or none are queued."""
+        tokens = self.tokenize(prompt)
+        try:
+            for i, sid in enumerate(ids):
+                self.add_sample(tokens, params.sample_params(i), sid)
+        except BaseException:
+            for sid in ids:
+                self.abort(sid)
+            raise
 
     def _add(self, prompt: Prompt, params: SamplingParams, request_id: str | None) -> str:
         received = time.monotonic()  # the deadline counts from here (tokenizing included)
@@ -734,21 +757,35 @@ class LLM:
 
     def generate(self, prompts: Prompt | Iterable[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None,
                  progress: bool = False) -> list[Completion]:
+        """One ``Completion`` per prompt. With ``n`` > 1 its ``samples`` hold every sample (the prompt computed once,
+        the samples sharing it as the server's do: ``LLMEngine.add_samples``); its top-level fields are sample 0's."""
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (int, dict))):
             prompts = [prompts]
         prompts = list(prompts)
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
-        ids = []
-        for p, sp in zip(prompts, params):
-            ids.append(self.engine.add_request(p, sp))
-        chunks: dict[str, list[StreamChunk]] = {i: [] for i in ids}
-        prompt_ids = {i: list(self.engine.scheduler.get(i).token_ids) for i in ids}
+        groups: list[tuple[str, list[str]]] = []  # each prompt's request id and sequence ids, in sample order
+        try:
+            for p, sp in zip(prompts, params):
+                if sp.n == 1:
+                    rid = self.engine.add_request(p, sp)
+                    groups.append((rid, [rid]))
+                else:
+                    rid = uuid.uuid4().hex
+                    groups.append((rid, [sample_id(rid, i) for i in range(sp.n)]))
+                    self.engine.add_samples(p, sp, groups[-1][1])
+        except BaseException:  # a prompt refused: the ones queued before it go too
+            for _, ids in groups:
+                for sid in ids:
+                    self.engine.abort(sid)
+            raise
+        chunks: dict[str, list[StreamChunk]] = {sid: [] for _, ids in groups for sid in ids}
+        prompt_ids = {rid: list(self.engine.scheduler.get(ids[0]).token_ids) for rid, ids in groups}
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(ids), desc="generate", unit="req")
+            bar = tqdm(total=len(chunks), desc="generate", unit="seq")
         while self.engine.has_work():
             for c in self.engine.step():
                 chunks[c.request_id].append(c)
@@ -756,4 +793,10 @@ class LLM:
                     bar.update(1)
         if bar is not None:
             bar.close()
-        return [Completion.from_chunks(prompt_ids[i], chunks[i]) for i in ids]
+        out = []
+        for rid, ids in groups:
+            # the caller sees its samples under one request id, each with its index
+            done = [replace(Completion.from_chunks(prompt_ids[rid], chunks[sid]), request_id=rid, index=i)
+                    for i, sid in enumerate(ids)]
+            out.append(Completion.of_samples(done))
+        return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from swaa_engine.sequence import FinishReason
 
@@ -94,6 +94,10 @@ class Completion:
     usage: Usage
     timings: Timings
     prompt_logprobs: list[TokenLogprob] | None = None  # entry i scores prompt token i + 1
+    index: int = 0  # the sample (0..n-1) this completion is
+    # ``LLM.generate``: each of the request's n samples, in index order (also when n = 1); the top-level fields are
+    # sample 0's, except ``usage``, which counts the prompt once and every sample's completion tokens
+    samples: list["Completion"] = field(default_factory=list)
 
     @classmethod
     def from_chunks(cls, prompt_ids: list[int], chunks: list[StreamChunk]) -> "Completion":
@@ -102,6 +106,7 @@ class Completion:
         assert last.finished
         lps = [lp for c in chunks for lp in (c.logprobs or [])] if any(c.logprobs for c in chunks) else None
         return cls(
+            index=last.index,
             request_id=last.request_id,
             prompt_token_ids=prompt_ids,
             token_ids=[t for c in chunks for t in c.token_ids],
@@ -114,3 +119,12 @@ class Completion:
             timings=last.timings,
             prompt_logprobs=_prompt_logprobs(chunks),
         )
+
+    @classmethod
+    def of_samples(cls, samples: list["Completion"]) -> "Completion":
+        """One request's answer from its samples (index order): sample 0's fields, usage over all of them."""
+        first = samples[0]
+        usage = Usage(first.usage.prompt_tokens, sum(s.usage.completion_tokens for s in samples),
+                      cached_tokens=first.usage.cached_tokens)
+        timings = replace(first.timings, total_s=max(s.timings.total_s for s in samples))
+        return replace(first, usage=usage, timings=timings, samples=list(samples))

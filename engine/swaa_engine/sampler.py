@@ -148,6 +148,20 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(min=info.min, max=info.max)
 
 
+def _unfiltered(p: SamplingParams, vocab: int) -> bool:
+    """No top-k, top-p or min-p cuts this row's distribution (the filters need sorted probabilities)."""
+    return (p.top_k == 0 or p.top_k >= vocab) and p.top_p >= 1.0 and p.min_p == 0.0
+
+
+def _temperatures(rows: list[SampleRow], which: list[int], device) -> torch.Tensor:
+    return upload([rows[i].params.temperature for i in which], torch.float32, device)[:, None]
+
+
+def _uniforms(rows: list[SampleRow], which: list[int], like: torch.Tensor) -> torch.Tensor:
+    """One draw from each row's own generator (the same draw whatever else is in the batch)."""
+    return upload([rows[i].rng.random() for i in which], like.dtype, like.device)[:, None]
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence | None = None,
            inplace: bool = False, counts: TokenPresence | None = None) -> SampleResult:
     """``logits`` is ``[len(rows), vocab]`` float32. ``presence``/``counts``: the requests' seen tokens and generated
@@ -189,10 +203,21 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
 
     chosen = logits.argmax(dim=-1)
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
+    # rows without top-k/p or min-p draw from the probabilities as they are: sorting the vocabulary (which only the
+    # filters need) cost more than the rest of a CPU decode step at batch 8 (bench/RESULTS.md, "API costs")
+    plain = [i for i in stochastic if _unfiltered(rows[i].params, vocab)]
+    if plain:
+        idx = upload(plain, torch.long, logits.device)
+        cdf = torch.softmax(_finite(logits[idx] / _temperatures(rows, plain, logits.device)), dim=-1).cumsum(-1)
+        total = cdf[:, -1:]
+        pick = torch.searchsorted(cdf, _uniforms(rows, plain, cdf) * total, right=True)
+        # u rounded up to 1 in float32 lands past the last token with mass: the first index where the cdf is whole
+        chosen[idx] = torch.minimum(pick, (cdf < total).sum(-1, keepdim=True)).squeeze(1)
+    stochastic = [i for i in stochastic if not _unfiltered(rows[i].params, vocab)]
     if stochastic:
         idx = upload(stochastic, torch.long, logits.device)
         sub = logits[idx]
-        temp = upload([rows[i].params.temperature for i in stochastic], torch.float32, logits.device)[:, None]
+        temp = _temperatures(rows, stochastic, logits.device)
         # temperatures are >= GREEDY_TEMPERATURE here, but large logits over a small one can still overflow:
         # clamped, equal maxima share the mass instead of turning the softmax into NaN
         probs_sorted, order = torch.sort(torch.softmax(_finite(sub / temp), dim=-1), dim=-1, descending=True)
@@ -205,8 +230,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
         keep[:, 0] = True  # the most likely token always survives
         probs_sorted = probs_sorted * keep
         cdf = probs_sorted.cumsum(-1)
-        u = upload([rows[i].rng.random() for i in stochastic], cdf.dtype, logits.device)[:, None]
-        pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=vocab - 1)
+        pick = torch.searchsorted(cdf, _uniforms(rows, stochastic, cdf) * cdf[:, -1:], right=True).clamp_(max=vocab - 1)
         # searchsorted can land on a zeroed tail entry after float rounding: step back to a kept one
         pick = torch.minimum(pick, keep.sum(-1, keepdim=True) - 1)
         chosen[idx] = order.gather(1, pick).squeeze(1)

@@ -120,3 +120,17 @@ def test_hadolint_finds_no_errors():
     r = subprocess.run([exe, "--failure-threshold", "error", os.path.join(ROOT, "Dockerfile")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_image_installs_the_structured_extra():
+    """Structured output needs xgrammar, an optional extra: the image installs the service's wheel with it (and the
+    Makefile's venv too), the pin read from pyproject.toml rather than written a second time."""
+    import tomllib
+
+    extras = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["optional-dependencies"]
+    assert any(r.startswith("xgrammar") for r in extras["structured"])
+    runtime = " ".join(stages()["runtime"])
+    m = re.search(r"set -- (/wheels/swaa_serve-\*\.whl) && pip install [^&]*\"\$1\[structured\]\"", runtime)
+    assert m, runtime
+    assert not [l for l in open(os.path.join(ROOT, "Dockerfile")) if "xgrammar" in l and not l.lstrip().startswith("#")]
+    assert "structured" in re.search(r"pip install -q -e '\.\[([^\]]*)\]'", open(os.path.join(ROOT, "Makefile")).read()).group(1)

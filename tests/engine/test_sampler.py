@@ -250,3 +250,21 @@ def test_invalid_issue21_params_name_their_field(kw, field):
     with pytest.raises(InvalidRequestError) as e:
         SamplingParams(**kw)
     assert e.value.field == field
+
+
+def test_unfiltered_rows_draw_from_the_softmax():
+    """Rows without top-k/p or min-p skip the sort: their draws still follow softmax(logits / T), never a token
+    masked to -inf, and stay each row's own whatever the batch."""
+    logits = torch.tensor([[2.0, -float("inf"), 1.0, 0.0, -float("inf"), 1.5]])
+    probs = torch.softmax(logits / 0.8, -1)[0]
+    r = row(seed=4, temperature=0.8)
+    draws = [sample(logits, [r]).token_ids[0] for _ in range(4000)]
+    freq = torch.bincount(torch.tensor(draws), minlength=6).double() / len(draws)
+    assert freq[1] == freq[4] == 0
+    assert torch.allclose(freq, probs.double(), atol=0.03), (freq, probs)
+    # a filtered row beside it does not change its draws
+    a, b = row(seed=9, temperature=1.0), row(seed=9, temperature=1.0)
+    both = torch.cat([logits, logits])
+    alone = [sample(logits, [a]).token_ids[0] for _ in range(50)]
+    mixed = [sample(both, [row(seed=1, temperature=1.0, top_k=2), b]).token_ids[1] for _ in range(50)]
+    assert alone == mixed
