@@ -14,7 +14,7 @@
 #   MAX_BATCH_TOKENS=16512 bash bench/lora_run.sh distill      (then train, eval with the same variables)
 # Knobs: W, S, TAIL (SWAA window, sinks, question tail); DISTILL_SAMPLES, LM_SAMPLES (per task and length / LM rows per
 # length), LM_TOP_K; LM_RATIO (LM rows per retrieval row; 0 = the issue-6 recipe), LM_WEIGHT; MAX_BATCH_TOKENS (>= the
-# longest distilled example + its answer); EVAL_SAMPLES; TAG (suffix of the run folders, to keep an A/B apart);
+# longest distilled example + its answer); EVAL_SAMPLES; DTYPE (teacher and eval; float32 for a CPU smoke run); TAG (suffix of the run folders, to keep an A/B apart);
 # DEFAULT_ARGS / RING_ARGS and DEFAULT_NAME / RING_NAME (the runs' SWAA flags and their `swaa eval` config names).
 set -uo pipefail
 OUT=${OUT:-bench/out}; WORK=${WORK:-/tmp/lora}
@@ -28,15 +28,15 @@ read -r -a DEFAULT_ARGS <<< "${DEFAULT_ARGS:---window $W --sinks $S --fa-decode 
 read -r -a RING_ARGS <<< "${RING_ARGS:---window $W --sinks $S --fa-layers odd}"                    # ring layers: saves memory
 DEFAULT_NAME=${DEFAULT_NAME:-SWA+sinks+FA-decode+tail$TAIL}; RING_NAME=${RING_NAME:-SWA+sinks+1/2 FA}
 RUNS=${RUNS:-default ring fa}; TAG=${TAG:-}
-LM_RATIO=${LM_RATIO:-0.5}; LM_WEIGHT=${LM_WEIGHT:-1.0}
+LM_RATIO=${LM_RATIO:-0.5}; LM_WEIGHT=${LM_WEIGHT:-1.0}; DTYPE=${DTYPE:-bfloat16}  # the teacher's and the eval's
 DATA="$WORK/distill.jsonl"
 rc=0
 case ${1:-} in
 distill)
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/card.txt"
   python -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/card.txt"
   swaa distill "${model[@]}" --out "$DATA" --lengths "${DISTILL_LENGTHS:-1024,2048,4096,7936}" \
-      --samples "${DISTILL_SAMPLES:-100}" --lm-samples "${LM_SAMPLES:-100}" --lm-top-k "${LM_TOP_K:-16}" 2>&1 \
+      --samples "${DISTILL_SAMPLES:-100}" --dtype "$DTYPE" --lm-samples "${LM_SAMPLES:-100}" --lm-top-k "${LM_TOP_K:-16}" 2>&1 \
       | quiet | tee -a "$OUT/distill.log"
   rc=${PIPESTATUS[0]}
   ls -l "$DATA" | tee -a "$OUT/distill.log"
@@ -61,7 +61,7 @@ train)
   done
   ;;
 eval)
-  common=("${model[@]}" --window $W --sinks $S --tail $TAIL --lengths "${EVAL_LENGTHS:-2048,4096,7936}" --samples "${EVAL_SAMPLES:-20}")
+  common=("${model[@]}" --window $W --sinks $S --tail $TAIL --lengths "${EVAL_LENGTHS:-2048,4096,7936}" --samples "${EVAL_SAMPLES:-20}" --dtype "$DTYPE")
   # resumable: a rerun skips the samples already in $WORK/eval-*/results.jsonl
   run_eval() { swaa eval "${common[@]}" --out "$WORK/$1" "${@:2}" 2>&1 | quiet | tee "$OUT/$1.log"; rc=$((rc | PIPESTATUS[0])); }
   run_eval eval-base --configs "FA,$DEFAULT_NAME,$RING_NAME"
