@@ -14,7 +14,7 @@
 #   MAX_BATCH_TOKENS=16512 bash bench/lora_run.sh distill      (then train, eval with the same variables)
 # Knobs: W, S, TAIL (SWAA window, sinks, question tail); DISTILL_SAMPLES, LM_SAMPLES (per task and length / LM rows per
 # length), LM_TOP_K; LM_RATIO (LM rows per retrieval row; 0 = the issue-6 recipe), LM_WEIGHT; MAX_BATCH_TOKENS (>= the
-# longest distilled example + its answer); EVAL_SAMPLES; DTYPE (teacher and eval; float32 for a CPU smoke run); TAG (suffix of the run folders, to keep an A/B apart);
+# longest distilled example + its answer); MAX_STEPS (smoke runs); EVAL_SAMPLES; DTYPE (teacher and eval; float32 for a CPU smoke run); TAG (suffix of the run folders, to keep an A/B apart);
 # DEFAULT_ARGS / RING_ARGS and DEFAULT_NAME / RING_NAME (the runs' SWAA flags and their `swaa eval` config names).
 set -uo pipefail
 OUT=${OUT:-bench/out}; WORK=${WORK:-/tmp/lora}
@@ -53,7 +53,7 @@ train)
     for kernel in auto sdpa; do  # sdpa if FlexAttention fails to compile on this host (the log says so)
       swaa finetune "${model[@]}" --data "$DATA" --out "$WORK/ft-$run$TAG" --kernel $kernel \
           --max-batch-tokens "${MAX_BATCH_TOKENS:-8192}" --lm-ratio "$LM_RATIO" --lm-weight "$LM_WEIGHT" \
-          "${swaa_args[@]}" 2>&1 | quiet | tee -a "$OUT/finetune-$run$TAG.log"
+          ${MAX_STEPS:+--max-steps $MAX_STEPS} "${swaa_args[@]}" 2>&1 | quiet | tee -a "$OUT/finetune-$run$TAG.log"
       st=${PIPESTATUS[0]}; [[ $st == 0 ]] && break
     done
     rc=$((rc | st))
