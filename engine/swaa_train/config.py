@@ -12,7 +12,12 @@ KERNELS = ("sdpa", "flex")  # the training attention kernels (swaa_train.attenti
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults are the recipe of the SWAA paper's reference code (arXiv 2512.10411): r 16, alpha 32, rsLoRA, dropout 0.1 on q/k/v; lr 1e-4,
-    linear decay after 5 % warm-up; 1 epoch; loss on answer tokens only."""
+    linear decay after 5 % warm-up; 1 epoch; loss on answer tokens only.
+
+    Issue 22 adds LM rows (``swaa distill --lm-samples``) to keep general quality: ``lm_ratio`` LM rows per retrieval
+    row are mixed in (None: every row of the data), their loss is the KL to the full-attention teacher times
+    ``lm_weight`` (``swaa_train.objective``). ``fa_baseline`` trains with no SWAA at all (the model as it attends
+    natively), the fair baseline for what fine-tuning on this data does by itself."""
 
     data: str
     out: str
@@ -32,13 +37,23 @@ class TrainConfig:
     kernel: str = "auto"  # sdpa | flex | auto (flex on CUDA)
     seed: int = 0
     save_every: int = 50
-    limit: int | None = None  # use only the first N examples
+    limit: int | None = None  # use only the first N (retrieval) examples
+    lm_ratio: float | None = None  # LM rows per retrieval row (None: the data's rows as they are)
+    lm_weight: float = 1.0  # the LM term's weight beside the answers' cross-entropy
+    fa_baseline: bool = False  # train without SWAA: the full-attention baseline (swaa must be full)
 
     def __post_init__(self):
         if not isinstance(self.swaa, SWAAConfig):
             raise ValueError("swaa: must be a SWAAConfig")
-        if self.swaa.is_full:
-            raise ValueError("swaa: SWA-aware fine-tuning needs a sliding window (full attention needs no adaptation)")
+        if self.swaa.is_full and not self.fa_baseline:
+            raise ValueError("swaa: SWA-aware fine-tuning needs a sliding window (full attention needs no adaptation; "
+                             "fa_baseline / --full-attention trains the full-attention baseline on purpose)")
+        if self.fa_baseline and not self.swaa.is_full:
+            raise ValueError(f"fa_baseline: trains without SWAA, but swaa is {self.swaa.describe()}")
+        if self.lm_ratio is not None and not 0 <= self.lm_ratio <= 100:
+            raise ValueError(f"lm_ratio: must be in [0, 100], got {self.lm_ratio}")
+        if not 0 <= self.lm_weight <= 100:
+            raise ValueError(f"lm_weight: must be in [0, 100], got {self.lm_weight}")
         for name in ("rank", "alpha", "epochs", "max_batch_tokens", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -1,5 +1,11 @@
-"""Self-distillation: the model answers long-context training prompts with full attention; only answers its
-task's rule judges correct are kept. Output: JSONL, one example per line, appended as it goes (resumable)."""
+"""Self-distillation from the full-attention model, on the **train** plays only (the eval never reads them):
+
+- retrieval rows: the model answers long-context prompts; only answers its task's rule judges correct are kept;
+- LM rows (``lm_samples`` > 0): an excerpt whose last ``tasks.LM_TOKENS`` tokens (the real text) are the target, with
+  the teacher's top-k log-probabilities at each of them; fine-tuning matches that distribution (``swaa_train.objective``)
+  so the adapter keeps general continuation quality while it learns retrieval under the window.
+
+Output: JSONL, one example per line, appended as it goes (resumable)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from dataclasses import asdict, dataclass
 from swaa_eval import tasks as T
 
 RETRIEVAL = ("passkey", "multikey")  # tasks whose answers a rule can judge
+LM = "lm"  # the task name of LM rows (the eval's LM-loss task, cut from the train plays)
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,8 @@ class DistillConfig:
     dtype: str = "bfloat16"
     max_num_batched_tokens: int = 4096
     batch: int = 16  # prompts handed to the engine at once (and the resume granularity)
+    lm_samples: int = 0  # LM rows per length (0: retrieval rows only, the issue-6 data)
+    lm_top_k: int = 16  # teacher log-probabilities kept per target token (the rest is one bucket: its mass)
 
     def __post_init__(self):
         bad = set(self.tasks) - set(RETRIEVAL)
@@ -30,6 +39,12 @@ class DistillConfig:
             raise ValueError(f"tasks: {sorted(bad)} have no correctness rule; use {RETRIEVAL}")
         if self.samples < 1 or self.max_tokens < 1 or self.batch < 1:
             raise ValueError("samples, max_tokens and batch must be >= 1")
+        if self.lm_samples < 0:
+            raise ValueError(f"lm_samples: must be >= 0, got {self.lm_samples}")
+        if not 1 <= self.lm_top_k <= 256:
+            raise ValueError(f"lm_top_k: must be in [1, 256], got {self.lm_top_k}")
+        if not self.tasks and not self.lm_samples:
+            raise ValueError("tasks: empty and lm_samples 0: nothing to distill")
         if any(L < 256 for L in self.lengths):
             raise ValueError("lengths: each must be >= 256 tokens")
 
@@ -47,7 +62,7 @@ def _done(path: str) -> set[tuple]:
 
 def distill(cfg: DistillConfig, hf_model, tokenizer, progress: bool = True) -> dict:
     """Appends kept examples to ``cfg.out``; every attempted prompt is recorded (kept or not) so a rerun resumes.
-    Returns counts {attempted, kept} over the whole file."""
+    Returns counts over the whole file: retrieval prompts {attempted, kept} and LM rows {lm}."""
     from tqdm import tqdm
 
     from swaa_engine.config import SchedulerConfig
@@ -61,8 +76,9 @@ def distill(cfg: DistillConfig, hf_model, tokenizer, progress: bool = True) -> d
     done = _done(log)
     hay = T.Haystack(tokenizer, plays("train"))
     todo = [(t, L, i) for t in cfg.tasks for L in cfg.lengths for i in range(cfg.samples) if (t, L, i) not in done]
-    bar = tqdm(total=len(todo), desc="distill", unit="prompt", disable=not progress)
-    if todo:
+    lm_todo = [(LM, L, i) for L in cfg.lengths for i in range(cfg.lm_samples) if (LM, L, i) not in done]
+    bar = tqdm(total=len(todo) + len(lm_todo), desc="distill", unit="prompt", disable=not progress)
+    if todo or lm_todo:
         llm = LLM(None, swaa=SWAAConfig(), hf_model=hf_model, tokenizer=tokenizer, dtype=cfg.dtype,
                   max_model_len=max(cfg.lengths) + cfg.max_tokens + 8,
                   scheduler=SchedulerConfig(max_num_batched_tokens=cfg.max_num_batched_tokens))
@@ -80,16 +96,41 @@ def distill(cfg: DistillConfig, hf_model, tokenizer, progress: bool = True) -> d
                         f.write(json.dumps(dict(prompt_ids=list(s.prompt_ids), answer_ids=list(o.token_ids), meta=meta)) + "\n")
                     g.write(json.dumps(dict(meta=dict(task=t, length=L, index=i, kept=ok))) + "\n")
             bar.update(len(keys))
+        for start in range(0, len(lm_todo), cfg.batch):
+            keys = lm_todo[start : start + cfg.batch]
+            with open(cfg.out, "a") as f, open(log, "a") as g:
+                for t, L, i in keys:
+                    f.write(json.dumps(_lm_row(llm, hay, cfg, L, i)) + "\n")
+                    g.write(json.dumps(dict(meta=dict(task=t, length=L, index=i, kept=True))) + "\n")
+            bar.update(len(keys))
         del llm
     bar.close()
-    attempted = kept = 0
+    attempted = kept = lm = 0
     with open(log) as g:
         for line in g:
-            attempted += 1
-            kept += json.loads(line)["meta"]["kept"]
+            m = json.loads(line)["meta"]
+            if m["task"] == LM:
+                lm += 1
+            else:
+                attempted += 1
+                kept += m["kept"]
     with open(cfg.out + ".config.json", "w") as f:
         json.dump(asdict(cfg), f, indent=1)
-    return {"attempted": attempted, "kept": kept}
+    return {"attempted": attempted, "kept": kept, "lm": lm}
+
+
+def _lm_row(llm, hay, cfg: DistillConfig, length: int, index: int) -> dict:
+    """An LM row: the eval's LM-loss sample built from the train plays; the target is the real text's last
+    ``LM_TOKENS`` tokens, and the full-attention teacher's top-k distribution at each of them."""
+    from swaa_eval.scoring import top_logprobs
+
+    s = T.lm(hay, cfg.seed, length, index)
+    ids = list(s.prompt_ids)
+    top_ids, top_lp = top_logprobs(llm.engine, ids, s.num_prompt, cfg.lm_top_k, chunk=cfg.max_num_batched_tokens)
+    meta = dict(task=LM, length=length, index=index, seed=cfg.seed, teacher="full attention", top_k=cfg.lm_top_k)
+    # 4 decimals: ~1e-4 relative error on a probability, far below the KL the student is trained to close
+    return dict(prompt_ids=ids[: s.num_prompt], answer_ids=ids[s.num_prompt:], teacher_ids=top_ids,
+                teacher_logprobs=[[round(x, 4) for x in row] for row in top_lp], meta=meta)
 
 
 def read_examples(path: str):
@@ -103,7 +144,10 @@ def read_examples(path: str):
                 continue
             try:
                 r = json.loads(line)
-                out.append(Example(tuple(r["prompt_ids"]), tuple(r["answer_ids"])))
+                teacher = None
+                if "teacher_ids" in r:
+                    teacher = (tuple(map(tuple, r["teacher_ids"])), tuple(map(tuple, r["teacher_logprobs"])))
+                out.append(Example(tuple(r["prompt_ids"]), tuple(r["answer_ids"]), *(teacher or (None, None))))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{n}: not a training example ({e})") from None
     if not out:

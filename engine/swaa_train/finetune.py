@@ -1,4 +1,5 @@
-"""SWA-aware LoRA fine-tuning with peft: packed batches under the exact serving mask, loss on answers only.
+"""SWA-aware LoRA fine-tuning with peft: packed batches under the exact serving mask; loss on retrieval answers, and on
+LM rows the KL to the full-attention teacher (``objective``), mixed at ``lm_ratio``.
 
     result = finetune(TrainConfig(data="distill.jsonl", out="run", swaa=SWAAConfig(...)), hf_model)
 
@@ -17,14 +18,29 @@ import time
 from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
 from swaa_engine.models.adapters import SWAA_FILE
 from swaa_engine.models.registry import model_layer_specs
 from swaa_train.attention import answer_logits, default_kernel, swaa_masks
 from swaa_train.config import TrainConfig
 from swaa_train.distill import read_examples
+from swaa_train.objective import mixed_loss
 from swaa_train.packing import batches, pack
+
+
+def select(cfg: TrainConfig, examples) -> list:
+    """The training rows: without ``lm_ratio`` the data's first ``limit`` rows as they are; with it, the first ``limit``
+    retrieval rows and round(lm_ratio × their number) LM rows, a seeded choice among the data's (in file order)."""
+    if cfg.lm_ratio is None:
+        return examples[: cfg.limit]
+    answers = [e for e in examples if not e.is_lm][: cfg.limit]
+    lms = [e for e in examples if e.is_lm]
+    n = round(cfg.lm_ratio * len(answers))
+    if n > len(lms):
+        raise ValueError(f"lm_ratio: {cfg.lm_ratio} × {len(answers)} retrieval rows needs {n} LM rows, the data has "
+                         f"{len(lms)} (swaa distill --lm-samples)")
+    chosen = sorted(random.Random(f"{cfg.seed}/lm").sample(range(len(lms)), n))
+    return answers + [lms[i] for i in chosen]
 
 
 def _plan(cfg: TrainConfig, examples) -> list[list[int]]:
@@ -70,7 +86,7 @@ def finetune(cfg: TrainConfig, hf_model, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     device = hf_model.device
     kernel = default_kernel(device) if cfg.kernel == "auto" else cfg.kernel
-    examples = read_examples(cfg.data)[: cfg.limit]
+    examples = select(cfg, read_examples(cfg.data))
     plan = _plan(cfg, examples)
     specs = model_layer_specs(cfg.swaa, hf_model.config)  # the model's own sliding layers keep their window
 
@@ -108,14 +124,15 @@ def finetune(cfg: TrainConfig, hf_model, progress: bool = True) -> dict:
         with swaa_masks(model, specs, batch, kernel):  # backward recomputes attention (checkpointing): inside too
             with autocast:
                 logits = answer_logits(model, batch)
-            loss = F.cross_entropy(logits.float(), batch.loss_target)
+            loss, parts = mixed_loss(logits, batch, cfg.lm_weight)
             loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        rec = dict(step=step + 1, loss=float(loss), lr=sched.get_last_lr()[0], grad_norm=grad_norm,
-                   examples=len(plan[step]), tokens=sum(len(examples[i]) for i in plan[step]), answer_tokens=int(batch.loss_target.numel()),
+        rec = dict(step=step + 1, loss=float(loss.detach()), lr=sched.get_last_lr()[0], grad_norm=grad_norm,
+                   **parts, examples=len(plan[step]), tokens=sum(len(examples[i]) for i in plan[step]),
+                   answer_tokens=int((~batch.lm_loss).sum()), lm_tokens=int(batch.lm_loss.sum()),
                    seconds=round(time.perf_counter() - t0, 3))
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -131,7 +148,7 @@ def finetune(cfg: TrainConfig, hf_model, progress: bool = True) -> dict:
         json.dump(cfg.swaa.to_dict(), f, indent=1)
     log = read_log(log_path)
     summary = dict(config={**asdict(cfg), "swaa": cfg.swaa.to_dict()}, kernel=kernel, device=str(device),
-                   examples=len(examples), steps=len(plan), seconds_this_run=round(time.perf_counter() - t_start, 1),
+                   examples=len(examples), lm_examples=sum(e.is_lm for e in examples), steps=len(plan), seconds_this_run=round(time.perf_counter() - t_start, 1),
                    first_loss=log[0]["loss"] if log else None, last_loss=log[-1]["loss"] if log else None,
                    trainable_params=sum(p.numel() for p in params))
     with open(os.path.join(cfg.out, "training.json"), "w") as f:
@@ -162,13 +179,17 @@ def plot_loss(log: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in log]
-    ax.plot(steps, [r["loss"] for r in log], lw=1, label="loss (answer tokens)")
+    ax.plot(steps, [r["loss"] for r in log], lw=1, label="loss")
+    for key, label in (("answer_ce", "answers: cross-entropy"), ("lm_kl", "LM rows: KL to the FA teacher")):
+        pts = [(r["step"], r[key]) for r in log if key in r]
+        if pts and len(pts) < len(log):  # a mixed run: show each term (a pure run's loss is its one term)
+            ax.plot(*zip(*pts), lw=0.8, alpha=0.7, label=label)
     k = max(1, len(log) // 20)
     if len(log) > k:
         smooth = [sum(r["loss"] for r in log[max(0, i - k + 1): i + 1]) / len(log[max(0, i - k + 1): i + 1]) for i in range(len(log))]
         ax.plot(steps, smooth, lw=2, label=f"moving mean ({k})")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel("nats/token")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

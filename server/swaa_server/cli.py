@@ -491,10 +491,11 @@ def cmd_distill(args) -> int:
     from swaa_train.distill import DistillConfig, distill
 
     cfg = DistillConfig(out=args.out, lengths=tuple(int(x) for x in args.lengths.split(",")), samples=args.samples,
-                        tasks=tuple(args.tasks.split(",")), seed=args.seed, dtype=args.dtype)
+                        tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, dtype=args.dtype,
+                        lm_samples=args.lm_samples, lm_top_k=args.lm_top_k)
     _, hf, tok = _load_hf(args.model)
     counts = distill(cfg, hf.eval(), tok)
-    print(f"{cfg.out}: kept {counts['kept']} of {counts['attempted']} prompts")
+    print(f"{cfg.out}: kept {counts['kept']} of {counts['attempted']} retrieval prompts; {counts['lm']} LM rows")
     return 0
 
 
@@ -506,7 +507,8 @@ def cmd_finetune(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, swaa=swaa_from_args(args, model_given=args.model is not None),
                       rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, max_steps=args.max_steps,
                       max_batch_tokens=args.max_batch_tokens, kernel=args.kernel, seed=args.seed,
-                      save_every=args.save_every, limit=args.limit, gradient_checkpointing=not args.no_checkpointing)
+                      save_every=args.save_every, limit=args.limit, gradient_checkpointing=not args.no_checkpointing,
+                      lm_ratio=args.lm_ratio, lm_weight=args.lm_weight, fa_baseline=args.full_attention)
     _, hf, _ = _load_hf(args.model, args.device)
     s = finetune(cfg, hf)
     print(f"{s['steps']} steps on {s['examples']} examples ({s['kernel']}, {s['device']}): loss {s['first_loss']:.3f} → "
@@ -535,9 +537,13 @@ def add_training_commands(sub) -> None:
     d.add_argument("--tasks", default=_csv(default(DistillConfig, "tasks")), help="retrieval tasks (comma-separated)")
     d.add_argument("--seed", type=int, default=default(DistillConfig, "seed"), help="seed of the prompts")
     d.add_argument("--dtype", default=default(DistillConfig, "dtype"), choices=["bfloat16", "float32"], help="the teacher's dtype")
+    d.add_argument("--lm-samples", type=int, default=default(DistillConfig, "lm_samples"),
+                   help="LM rows per length: train-play excerpts whose last 128 tokens carry the teacher's top-k log-probs")
+    d.add_argument("--lm-top-k", type=int, default=default(DistillConfig, "lm_top_k"), help="teacher log-probs kept per LM token")
     d.set_defaults(func=cmd_distill)
 
-    f = sub.add_parser("finetune", help="SWA-aware LoRA fine-tuning (peft) under the serving mask")
+    f = sub.add_parser("finetune", help="SWA-aware LoRA fine-tuning (peft) under the serving mask "
+                                        "(--full-attention: the full-attention baseline, no SWAA mask)")
     f.add_argument("--model", default=None, help="HF folder or .gguf (default: the embedded model)")
     f.add_argument("--data", required=True, help="JSONL from swaa distill")
     f.add_argument("--out", required=True, help="run folder: adapter/, log.jsonl, loss.png, checkpoint/")
@@ -557,6 +563,10 @@ def add_training_commands(sub) -> None:
     f.add_argument("--save-every", type=int, default=default(TrainConfig, "save_every"), help="checkpoint every N steps")
     f.add_argument("--limit", type=int, default=default(TrainConfig, "limit"), help="use only the first N examples")
     f.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
+    f.add_argument("--lm-ratio", type=float, default=default(TrainConfig, "lm_ratio"),
+                   help="LM rows per retrieval row, chosen from the data's (default: every row of the data)")
+    f.add_argument("--lm-weight", type=float, default=default(TrainConfig, "lm_weight"),
+                   help="weight of the LM rows' KL to the teacher beside the answers' cross-entropy")
     add_swaa_args(f)
     f.set_defaults(func=cmd_finetune)
 
