@@ -199,9 +199,6 @@ def _generate_offline(args) -> int:
     from swaa_engine.engine import LLMEngine
     from swaa_engine.sampling_params import SamplingParams, StructuredOutput
 
-    if args.n != 1:
-        print("error: -n: several samples need a server (swaa serve), not --offline", file=sys.stderr)
-        return 2
     structured = [StructuredOutput(k, v) for k, v in structured_args(args).items()]
     config = engine_config_from_args(args)
     print(f"loading {config.model or 'embedded SmolLM2-135M-Instruct'} ({config.swaa.describe()}) …", file=sys.stderr)
@@ -210,13 +207,34 @@ def _generate_offline(args) -> int:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, stop=tuple(args.stop), **_controls(args),
                             structured_output=structured[0] if structured else None)
-    engine.add_request(_prompt(args), params)
+    if args.n == 1:
+        engine.add_request(_prompt(args), params)
+        while engine.has_work():
+            for chunk in engine.step():
+                _write(chunk.text)
+                if chunk.finished:
+                    _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
+                             chunk.timings.ttft_s or 0.0, chunk.timings.total_s)
+        return 0
+    # several samples: printed as the remote path prints them, one whole answer after another
+    from swaa_engine.engine import sample_id
+
+    ids = [sample_id("cli", i) for i in range(args.n)]
+    engine.add_samples(_prompt(args), params, ids)
+    texts, finals = {sid: [] for sid in ids}, {}
     while engine.has_work():
         for chunk in engine.step():
-            _write(chunk.text)
+            texts[chunk.request_id].append(chunk.text)
             if chunk.finished:
-                _summary(chunk.finish_reason.value, chunk.usage.prompt_tokens, chunk.usage.completion_tokens,
-                         chunk.timings.ttft_s or 0.0, chunk.timings.total_s)
+                finals[chunk.request_id] = chunk
+    for i, sid in enumerate(ids):
+        print(f"[sample {i}: {finals[sid].finish_reason.value}]", file=sys.stderr)
+        text = "".join(texts[sid])
+        _write(text + ("" if text.endswith("\n") else "\n"))
+    last = max(finals.values(), key=lambda c: c.timings.total_s)
+    _summary(f"{args.n} samples", finals[ids[0]].usage.prompt_tokens,
+             sum(c.usage.completion_tokens for c in finals.values()),
+             min(c.timings.ttft_s or 0.0 for c in finals.values()), last.timings.total_s)
     return 0
 
 

@@ -194,6 +194,18 @@ def test_cli_json_schema_choices_and_samples(chat_server, tmp_path, capsys):
     assert out.err.count("[sample ") == 3 and "3 samples" in out.err
 
 
+def test_cli_offline_samples(tiny_chat_folder, capsys):
+    """``swaa generate --offline -n``: the samples share one engine's prompt, printed as the remote path prints them."""
+    from swaa_server import cli
+
+    assert cli.main(["generate", "Pick one", "--offline", "--model", tiny_chat_folder, "--device", "cpu",
+                     "--choice", "yes", "--choice", "no", "-n", "3", "--temperature", "1", "--seed", "4",
+                     "--max-tokens", "8"]) == 0
+    out = capsys.readouterr()
+    assert set(_answer(out.out).split()) <= {"yes", "no"} and len(_answer(out.out).split()) == 3
+    assert out.err.count("[sample ") == 3 and "3 samples" in out.err
+
+
 def _answer(stdout: str) -> str:
     """The CLI's answer without the in-process server's log lines (they share stdout here)."""
     return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[[^\n]*\n?", "", stdout).strip()
