@@ -348,10 +348,9 @@ class Scheduler:
             end = min(self.cache.reusable_end(r), limit) // bs * bs
             if r.prefix.registered >= end or end <= m.length:
                 continue
-            shared = 0
-            while shared < end and seq.token_ids[shared:shared + bs] == r.token_ids[shared:shared + bs]:
-                shared += bs
-            if shared > max(m.length, r.prefix.registered):
+            # they share more than the cache holds and ``r`` has registered: the block after both (all block-aligned)
+            after = max(m.length, r.prefix.registered) // bs + 1
+            if seq.prefix.shares_blocks(seq.token_ids, r.prefix, r.token_ids, after, bs):
                 return True
         return False
 

@@ -17,13 +17,14 @@ from swaa_engine.swaa import AttentionKind, LayerSpec, sliding_visible
 H, HKV, D = 4, 2, 16
 
 
-def reference(q, k, v, kind, window, sinks, num_prompt):
-    """float64 attention of every token of one sequence over its own history."""
+def reference(q, k, v, kind, window, sinks, num_prompt, tail=0):
+    """float64 attention of every token of one sequence over its own history (under fa_decode the last ``tail``
+    prompt tokens attend fully, as generated ones do)."""
     L, h, hkv, d = q.shape[0], q.shape[1], k.shape[1], q.shape[2]
     q, k, v = q.double(), k.double().repeat_interleave(h // hkv, 1), v.double().repeat_interleave(h // hkv, 1)
     out = torch.empty_like(q)
     for i in range(L):
-        full = kind is AttentionKind.FULL or (kind is AttentionKind.SLIDING_FA_DECODE and i >= num_prompt)
+        full = kind is AttentionKind.FULL or (kind is AttentionKind.SLIDING_FA_DECODE and i >= num_prompt - tail)
         keys = [j for j in range(i + 1) if full or sliding_visible(i, j, window, sinks)]
         s = torch.einsum("hd,khd->hk", q[i], k[keys]) * d**-0.5
         out[i] = torch.einsum("hk,khd->hd", s.softmax(-1), v[keys])
@@ -31,7 +32,7 @@ def reference(q, k, v, kind, window, sinks, num_prompt):
 
 
 def run_backend(name, device, dtype, kind, window, sinks, *, heads=(H, HKV, D), block_size=4, lens=(23, 9, 1),
-                generated=15, max_chunk=7, seed=0):
+                generated=15, max_chunk=7, seed=0, tail=0):
     """Random sequences stepped through a real cache (decodes batched first, prefill chunks of random size);
     returns the largest relative error against float64 over the sequences."""
     from swaa_engine.sampling_params import SamplingParams
@@ -67,7 +68,8 @@ def run_backend(name, device, dtype, kind, window, sinks, *, heads=(H, HKV, D), 
             step.append((i, n))
         # decodes first, as the runner orders them
         step.sort(key=lambda x: not (x[1] == 1 and done[x[0]] >= lens[x[0]]))
-        entries = tuple(StepEntry(done[i], n, lens[i], tuple(seqs[i].block_table), seqs[i].ring) for i, n in step)
+        entries = tuple(StepEntry(done[i], n, lens[i], tuple(seqs[i].block_table), seqs[i].ring,
+                                  max(0, lens[i] - tail) if tail else None) for i, n in step)
         layout = StepLayout(entries, sum(e.is_decode for e in entries))
         meta = backend.prepare(layout)
         q = torch.cat([qs[i][done[i]:done[i] + n] for i, n in step]).reshape(-1, h * d).to(dev, dtype)
@@ -82,7 +84,7 @@ def run_backend(name, device, dtype, kind, window, sinks, *, heads=(H, HKV, D), 
             seqs[i].num_computed = done[i]
     worst = 0.0
     for i in range(n_seq):
-        ref = reference(qs[i].to(dtype).float(), ks[i].to(dtype).float(), vs[i].to(dtype).float(), kind, window, sinks, lens[i])
+        ref = reference(qs[i].to(dtype).float(), ks[i].to(dtype).float(), vs[i].to(dtype).float(), kind, window, sinks, lens[i], tail)
         worst = max(worst, float((outs[i].double() - ref).norm() / ref.norm()))
     return worst
 
@@ -91,6 +93,19 @@ def run_backend(name, device, dtype, kind, window, sinks, *, heads=(H, HKV, D), 
 @pytest.mark.parametrize("window,sinks", [(8, 0), (8, 3), (5, 2)])
 def test_torch_backend_matches_float64(kind, window, sinks):
     assert run_backend("torch", "cpu", torch.float32, kind, window, sinks) < 1e-5
+
+
+@pytest.mark.parametrize("tail", [0, 5])
+@pytest.mark.parametrize("window,sinks", [(8, 3), (5, 0)])
+def test_windowed_chunks_read_by_row_pieces_match_float64(window, sinks, tail, monkeypatch):
+    """Long fa_decode chunks are split into row pieces that read only the keys they can see (the sinks and the
+    window before them; every key for question-tail rows): pieces of 3 rows over chunks up to 30."""
+    from swaa_engine.attention import torch_backend
+
+    monkeypatch.setattr(torch_backend, "WINDOW_ROWS", 3)
+    err = run_backend("torch", "cpu", torch.float32, AttentionKind.SLIDING_FA_DECODE, window, sinks, lens=(47, 23, 9),
+                      max_chunk=30, tail=tail)
+    assert err < 1e-5
 
 
 def test_registry():

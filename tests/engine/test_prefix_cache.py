@@ -63,6 +63,82 @@ def test_eviction_is_lru_and_prunes_the_index():
     assert pc.evict_block() is None
 
 
+def test_resumed_walks_match_as_a_fresh_walk_does():
+    """A sequence's lookup resumes its last walk down the index (its block keys made once): through blocks and
+    snapshots added (mid-path too), a lower limit, and evictions, it finds what a fresh walk finds."""
+    from swaa_engine.kv_cache.prefix import PrefixState
+
+    rng = random.Random(3)
+    for has_ring in (False, True):
+        pc = PrefixCache(BS, has_paged=True, has_ring=has_ring)
+        seqs = [[k % 3] * BS + [rng.randrange(4) for _ in range(12 * BS)] for k in range(6)]  # branching prefixes
+        states = [PrefixState() for _ in seqs]
+        free_rings = list(range(100))
+        for step in range(400):
+            toks = rng.choice(seqs)
+            op = rng.random()
+            if op < 0.4:  # a sequence registers blocks of its prefix
+                parent = None
+                for i in range(rng.randrange(1, 13)):
+                    parent = pc.node(parent, tuple(toks[i * BS:(i + 1) * BS]))
+                    if pc.add_block(parent, 1000 * step + i):
+                        pc.release_block(1000 * step + i)  # idle at once: evictable
+                    if has_ring and parent.snapshot is None and rng.random() < 0.3:
+                        pc.add_snapshot(parent, free_rings.pop())
+            elif op < 0.55:
+                pc.evict_block()
+            elif op < 0.65 and has_ring:
+                ring = pc.evict_snapshot()
+                if ring is not None:
+                    free_rings.append(ring)
+            for toks, state in zip(seqs, states):
+                limit = rng.randrange(len(toks))
+                got, want = pc.match(toks, limit, state), pc.match(toks, limit)
+                assert (got.length, got.blocks, got.snapshot, got.node, got.known) == \
+                       (want.length, want.blocks, want.snapshot, want.node, want.known)
+
+
+def test_hash_chains_agree_exactly_where_blocks_do():
+    from swaa_engine.kv_cache.prefix import PrefixState
+
+    rng = random.Random(4)
+    for _ in range(200):
+        a = [rng.randrange(3) for _ in range(6 * BS)]
+        b = a[:]
+        b[rng.randrange(len(b))] = 9  # one token differs: the blocks after it agree again, the prefixes do not
+        sa, sb = PrefixState(), PrefixState()
+        for n in rng.sample(range(1, 7), 6):  # in any order: the chains are made as far as asked
+            assert sa.shares_blocks(a, sb, b, n, BS) == (a[: n * BS] == b[: n * BS])
+
+
+def in_flight_by_definition(sched, mgr, seq, m) -> bool:
+    """The scheduler's deferral as first written: token slices compared block by block from the start."""
+    if mgr.prefix is None or seq.num_computed or seq.swapped is not None:
+        return False
+    bs, limit = mgr.block_size, min(mgr.reusable_end(seq), seq.num_tokens - 1)
+    for r in sched.running:
+        end = min(mgr.reusable_end(r), limit) // bs * bs
+        if r.prefix.registered >= end or end <= m.length:
+            continue
+        shared = 0
+        while shared < end and seq.token_ids[shared:shared + bs] == r.token_ids[shared:shared + bs]:
+            shared += bs
+        if shared > max(m.length, r.prefix.registered):
+            return True
+    return False
+
+
+def check_admission_as_defined(sched, mgr):
+    """Each waiting sequence's lookup (a resumed walk) and deferral (hash chains) equal their definitions."""
+    for x in list(sched.waiting):
+        m = mgr.lookup(x)
+        if mgr.prefix is not None and not (x.num_computed or x.swapped is not None or x.block_table):
+            fresh = mgr.prefix.match(x.token_ids, min(mgr.reusable_end(x), x.num_tokens - 1))
+            assert (m.length, m.blocks, m.snapshot, m.node, m.known) == \
+                   (fresh.length, fresh.blocks, fresh.snapshot, fresh.node, fresh.known)
+        assert sched._prefix_in_flight(x, m) == in_flight_by_definition(sched, mgr, x, m)
+
+
 def seq(tokens, rid, max_tokens=4):
     return Sequence(rid, list(tokens), SamplingParams(max_tokens=max_tokens, ignore_eos=True))
 
@@ -255,6 +331,7 @@ def test_random_shared_workloads_finish_with_exact_accounting(cfg, reqs, blocks,
                 if x.num_generated >= x.params.max_tokens:
                     sched.finish(x, FinishReason.LENGTH)
         check_shared_accounting(sched, mgr)
+        check_admission_as_defined(sched, mgr)
         step += 1
         assert step < 20_000, "no progress: deadlock or starvation"
     assert mgr.is_idle()

@@ -20,6 +20,18 @@ from swaa_engine.swaa import AttentionKind
 from swaa_engine.transfer import upload
 
 
+# Query rows per piece of a windowed prefill chunk: each piece reads only the keys its rows can see (sinks and
+# the window before its first row), not the whole context, which costs the masked pairs too on CPU
+WINDOW_ROWS = 256
+
+
+@dataclass
+class _Piece:
+    rows: slice  # rows of the chunk
+    idx: torch.Tensor  # flat paged slots of the keys these rows may see
+    mask: torch.Tensor  # [rows, keys]
+
+
 @dataclass
 class _Prefill:
     tok: slice  # this chunk's rows in the packed batch
@@ -27,6 +39,28 @@ class _Prefill:
     paged_masks: dict[AttentionKind, torch.Tensor]  # [q, end] per paged attention kind
     ring_past_idx: torch.Tensor  # flat ring slots of the sinks and the previous W-1 keys
     ring_mask: torch.Tensor  # [q, len(past) + q]
+    window_pieces: list[_Piece] = field(default_factory=list)  # SLIDING_FA_DECODE: the chunk by row pieces
+
+
+def window_pieces(e, bs: int, W: int, S: int, dev) -> list[_Piece]:
+    """A windowed paged chunk as pieces of rows, each with the keys some row of it sees: prompt rows (before
+    ``full_start``) WINDOW_ROWS at a time, the sinks and the window before them; rows that attend fully (generated
+    and question-tail rows under fa_decode) every earlier key. Masked keys add exactly nothing to a row's softmax;
+    leaving them out changes only how the sums are grouped."""
+    tab = torch.tensor(e.block_table, dtype=torch.long)
+    pieces = []
+    split = min(max(e.start, e.full_start), e.end)
+    for a in range(e.start, split, WINDOW_ROWS):
+        b = min(a + WINDOW_ROWS, split)
+        k_pos = torch.cat([torch.arange(min(S, a)), torch.arange(max(min(S, a), a - W + 1), b)])
+        q_pos = torch.arange(a, b)
+        pieces.append(_Piece(slice(a - e.start, b - e.start), (tab[k_pos // bs] * bs + k_pos % bs).to(dev),
+                             swaa_mask(q_pos, k_pos, W, S).to(dev)))
+    if split < e.end:
+        q_pos, k_pos = torch.arange(split, e.end), torch.arange(e.end)
+        pieces.append(_Piece(slice(split - e.start, e.num_tokens), (tab[k_pos // bs] * bs + k_pos % bs).to(dev),
+                             swaa_mask(q_pos, k_pos, None, 0).to(dev)))
+    return pieces
 
 
 @dataclass
@@ -73,8 +107,7 @@ class TorchBackend(AttentionBackend):
                 pre.paged_idx = (tab[k_pos // bs] * bs + k_pos % bs).to(dev)
                 pre.paged_masks[AttentionKind.FULL] = swaa_mask(q_pos, k_pos, None, 0).to(dev)
                 if W is not None:
-                    gen = q_pos >= e.full_start
-                    pre.paged_masks[AttentionKind.SLIDING_FA_DECODE] = swaa_mask(q_pos, k_pos, W, S, gen).to(dev)
+                    pre.window_pieces = window_pieces(e, bs, W, S, dev)
             if has_ring:
                 past = list(range(min(S, e.start))) + list(range(max(S, e.start - W + 1), e.start))
                 pre.ring_past_idx = as_long([e.ring * R + ring_slot(p, S, W) for p in past])
@@ -109,6 +142,12 @@ class TorchBackend(AttentionBackend):
 
         for i, p in enumerate(meta.prefills):
             qp = q[p.tok]
+            if spec.kind is AttentionKind.SLIDING_FA_DECODE:
+                o = out[p.tok]
+                for piece in p.window_pieces:
+                    o[piece.rows] = self._sdpa(qp[piece.rows], kflat.index_select(0, piece.idx),
+                                               vflat.index_select(0, piece.idx), piece.mask)
+                continue
             if ring:
                 kp = torch.cat([ctx[i][0], k[p.tok]])
                 vp = torch.cat([ctx[i][1], v[p.tok]])
@@ -116,9 +155,13 @@ class TorchBackend(AttentionBackend):
             else:
                 kp, vp = kflat.index_select(0, p.paged_idx), vflat.index_select(0, p.paged_idx)
                 mask = p.paged_masks[spec.kind]
-            o = F.scaled_dot_product_attention(
-                qp.transpose(0, 1).unsqueeze(0), kp.transpose(0, 1).unsqueeze(0), vp.transpose(0, 1).unsqueeze(0),
-                attn_mask=mask, scale=self.scale, enable_gqa=True,
-            )
-            out[p.tok] = o.squeeze(0).transpose(0, 1)
+            out[p.tok] = self._sdpa(qp, kp, vp, mask)
         return out.view(T, self.num_heads * self.head_dim)
+
+    def _sdpa(self, q, k, v, mask):
+        """``[rows, heads, dim]`` queries against ``[keys, kv_heads, dim]`` under a ``[rows, keys]`` mask."""
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+            attn_mask=mask, scale=self.scale, enable_gqa=True,
+        )
+        return o.squeeze(0).transpose(0, 1)

@@ -191,7 +191,7 @@ class CacheManager:
         """What ``seq``, holding nothing yet, can reuse; at least its last token is left to compute (its logits)."""
         if self.prefix is None or seq.num_computed or seq.swapped is not None or seq.block_table:
             return PrefixMatch(0)
-        return self.prefix.match(seq.token_ids, min(self.reusable_end(seq), seq.num_tokens - 1))
+        return self.prefix.match(seq.token_ids, min(self.reusable_end(seq), seq.num_tokens - 1), seq.prefix)
 
     def blocks_to_take(self, seq: Sequence, m: PrefixMatch) -> int:
         """Free blocks admitting ``seq`` with ``m`` takes: its new blocks, and matched ones now idle."""
@@ -216,7 +216,7 @@ class CacheManager:
         st, bs = seq.prefix, self.block_size
         end = min(seq.num_computed, self.reusable_end(seq))
         while st.registered + bs <= end:
-            node = self.prefix.node(st.node, tuple(seq.token_ids[st.registered: st.registered + bs]))
+            node = self.prefix.node(st.node, st.block_key(seq.token_ids, st.registered // bs, bs))
             if self.has_paged:
                 self.prefix.add_block(node, seq.block_table[st.registered // bs])
             st.node, st.registered = node, st.registered + bs

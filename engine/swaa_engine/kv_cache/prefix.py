@@ -57,25 +57,58 @@ class PrefixCache:
         self.idle_blocks: OrderedDict[int, None] = OrderedDict()  # cached, referenced by no sequence; LRU first
         self.snapshots: OrderedDict[int, _Node] = OrderedDict()  # ring id -> node; LRU first
         self.stats = PrefixStats()
+        # bumped whenever a node loses its block or snapshot (the only way a path matched earlier stops matching):
+        # a sequence's last walk is resumed, not redone, while it is unchanged
+        self.epoch = 0
+        self.snapshots_added = 0  # bumped with each snapshot: a walk's last node with one may have changed
 
     # -- lookup ---------------------------------------------------------------------------------
-    def match(self, tokens: list[int], limit: int) -> PrefixMatch:
-        """The longest reusable prefix of ``tokens`` no longer than ``limit`` (block-aligned)."""
-        bs, parent, path = self.block_size, -1, []
-        for i in range(limit // bs):
-            node = self._nodes.get((parent, tuple(tokens[i * bs:(i + 1) * bs])))
+    def match(self, tokens: list[int], limit: int, state: PrefixState | None = None) -> PrefixMatch:
+        """The longest reusable prefix of ``tokens`` no longer than ``limit`` (block-aligned).
+
+        ``state``: the sequence's own (``tokens`` are its token ids): its block keys are built once, and its last walk
+        through the index is resumed while the index has lost no node's block or snapshot since. The scheduler looks
+        every waiting request up again at each admission attempt; resumed, that costs the blocks added since."""
+        bs = self.block_size
+        n = limit // bs
+        walk = state.walk if state is not None else None
+        if walk is None or walk.epoch != self.epoch:
+            walk = _Walk(self.epoch)
+            if state is not None:
+                state.walk = walk
+        path, blocks = walk.nodes, walk.blocks
+        if len(path) > n:  # a lower limit than last time: the walk's first n blocks still match
+            del path[n:], blocks[n:]
+            walk.scanned = 0
+        parent = path[-1].id if path else -1
+        keys = state.keys if state is not None else []
+        for i in range(len(path), n):
+            if i == len(keys):  # keys made as far as the walk goes, a few blocks ahead
+                if state is None:
+                    keys.append(tuple(tokens[i * bs:(i + 1) * bs]))
+                else:
+                    state.extend_keys(tokens, min(n, i + 8), bs)
+            node = self._nodes.get((parent, keys[i]))
             if node is None or (self.has_paged and node.block is None):
                 break
             path.append(node)
+            blocks.append(node.block)
             parent = node.id
         known = path[-1].end if path else 0
+        k = len(path)
         if self.has_ring:
-            while path and path[-1].snapshot is None:
-                path.pop()
-        if not path:
+            # the last node with a snapshot: only the nodes added since the last look, if no snapshot was added since
+            stop = walk.scanned if walk.snapshots == self.snapshots_added and walk.scanned <= k else 0
+            while k > stop and path[k - 1].snapshot is None:
+                k -= 1
+            if k == stop and stop:
+                k = walk.snapshot_k
+            walk.scanned, walk.snapshots, walk.snapshot_k = len(path), self.snapshots_added, k
+        if not k:
             return PrefixMatch(0, known=known)
-        return PrefixMatch(path[-1].end, tuple(n.block for n in path) if self.has_paged else (),
-                           path[-1].snapshot if self.has_ring else None, path[-1], known)
+        last = path[k - 1]
+        return PrefixMatch(last.end, tuple(blocks[:k]) if self.has_paged else (),
+                           last.snapshot if self.has_ring else None, last, known)
 
     def touch(self, m: PrefixMatch) -> None:
         """A sequence takes ``m``: its blocks leave the idle list (the caller adds the references), its snapshot is
@@ -112,6 +145,7 @@ class PrefixCache:
         assert node.snapshot is None
         node.snapshot = ring
         self.snapshots[ring] = node
+        self.snapshots_added += 1
 
     def is_cached(self, block: int) -> bool:
         return block in self._block_node
@@ -128,6 +162,7 @@ class PrefixCache:
         b, _ = self.idle_blocks.popitem(last=False)
         node = self._block_node.pop(b)
         node.block = None
+        self.epoch += 1
         self._prune(node)
         return b
 
@@ -137,6 +172,7 @@ class PrefixCache:
             if ring != keep:
                 node = self.snapshots.pop(ring)
                 node.snapshot = None
+                self.epoch += 1
                 self._prune(node)
                 return ring
         return None
@@ -153,11 +189,27 @@ class PrefixCache:
         return len(self._nodes)
 
 
+@dataclass(eq=False)
+class _Walk:
+    """A sequence's last walk down the index: the nodes of its leading full blocks found there, and their blocks."""
+
+    epoch: int  # the index's epoch when it was made: valid while that is unchanged
+    nodes: list[_Node] = field(default_factory=list)
+    blocks: list[int | None] = field(default_factory=list)
+    # ring layers: nodes[:scanned] were looked at when the index had had ``snapshots`` snapshots added, and the last
+    # of them with a snapshot was nodes[snapshot_k - 1] (0: none)
+    scanned: int = 0
+    snapshots: int = -1
+    snapshot_k: int = 0
+
+
 @dataclass
 class PrefixState:
     """A sequence's progress through the index: the node of its last registered block, and its ring snapshots:
     fixed boundaries its chunks stop at (``snapshot_at``, then ``snapshot_points``; None when none is due), and
-    periodic ones at least ``stride`` tokens apart, taken where a chunk ends on a block boundary before ``end``."""
+    periodic ones at least ``stride`` tokens apart, taken where a chunk ends on a block boundary before ``end``.
+    Also what the scheduler asks of it again at every admission attempt, made once: its full blocks' keys, a hash
+    chain over them, its last walk."""
 
     node: _Node | None = None
     registered: int = 0  # leading tokens already in the index
@@ -167,6 +219,11 @@ class PrefixState:
     last_snapshot: int = 0  # position of the latest snapshot (or where the sequence started)
     end: int = 0  # periodic snapshots stop before this boundary (the last fixed one)
     cached_tokens: int = 0  # reused at its first admission (reported in usage)
+    # keys[i]: the token ids of full block i; chain[i]: a hash of keys[:i + 1]. A sequence's tokens only grow, so
+    # neither changes once made (kept through preemption)
+    keys: list[tuple[int, ...]] = field(default_factory=list)
+    chain: list[int] = field(default_factory=list)
+    walk: _Walk | None = None
 
     def reset(self) -> None:
         """Its KV was dropped (preempted to recompute): it starts over from the index's root."""
@@ -176,3 +233,27 @@ class PrefixState:
     def periodic_due(self, at: int) -> bool:
         """A periodic snapshot is due at boundary ``at``."""
         return self.stride > 0 and at < self.end and at - self.last_snapshot >= self.stride
+
+    def block_key(self, tokens: list[int], i: int, block_size: int) -> tuple[int, ...]:
+        """The token ids of full block ``i`` of ``tokens`` (this sequence's), made once."""
+        self.extend_keys(tokens, i + 1, block_size)
+        return self.keys[i]
+
+    def shares_blocks(self, tokens: list[int], other: PrefixState, other_tokens: list[int], n: int,
+                      block_size: int) -> bool:
+        """Whether this sequence's first ``n`` full blocks are ``other``'s (both have them): their hash chains agree
+        there. Hash-equal blocks are taken as equal (a 64-bit collision); the scheduler's deferral uses this, never
+        the reuse of KV (``match`` is exact)."""
+        self.extend_keys(tokens, n, block_size)
+        other.extend_keys(other_tokens, n, block_size)
+        return self.chain[n - 1] == other.chain[n - 1]
+
+    def extend_keys(self, tokens: list[int], n: int, bs: int) -> None:
+        """Keys (and chain) for the first ``n`` full blocks of ``tokens`` (this sequence's)."""
+        keys, chain = self.keys, self.chain
+        while len(keys) < n:
+            j = len(keys)
+            key = tuple(tokens[j * bs:(j + 1) * bs])
+            assert len(key) == bs, "only full blocks have keys"
+            keys.append(key)
+            chain.append(hash((chain[-1] if chain else 0, key)))
