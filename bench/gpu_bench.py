@@ -111,6 +111,9 @@ def _layer_step(kind: AttentionKind, window, sinks, entries_fn, block_size=128):
     dev = torch.device("cuda")
     geometry = CacheGeometry(block_size, window, sinks)
     backend = create_backend("flash", dev, geometry=geometry, num_heads=H, num_kv_heads=HKV, head_dim=D)
+    # create_backend falls back (with a warning) when flash-attn-4 refuses the shapes: these rows are flash's only
+    if backend.name != "flash":
+        raise SystemExit(f"flash-attn-4 refused this model's shapes; the kernel rows would time {backend.name!r}")
     spec = LayerSpec(0, kind, window if kind is not AttentionKind.FULL else None, sinks if kind is not AttentionKind.FULL else 0)
     entries, n_units = entries_fn(geometry)
     shape = (n_units, block_size if kind is not AttentionKind.SLIDING_RING else geometry.ring_slots, HKV, D)

@@ -240,3 +240,31 @@ def test_flash_refusing_gemma_head_dim_serves_on_torch(tiny_gemma3, prompts, mon
     outs = llm.generate(prompts[:2], SamplingParams(max_tokens=12, ignore_eos=True))
     for p, o in zip(prompts[:2], outs):
         assert o.token_ids == transformers_greedy(hf, p, 12)
+
+
+def test_gemma3_forward_makes_no_tensor_on_the_device_from_host_values(tiny_gemma3, monkeypatch):
+    """The decode graphs capture this forward. ``torch.tensor(x, device=cuda)`` inside it is a synchronous host→device
+    copy: a host stall every eager step, and cudaErrorStreamCaptureUnsupported while a graph is being captured (the
+    engine then fails to start with CUDA graphs on). A CPU run cannot fail that way, so the calls are watched."""
+    from swaa_engine.attention.base import StepEntry, StepLayout
+    from swaa_engine.models.llama import AttentionContext
+    from swaa_engine.sequence import Sequence
+
+    folder, _ = tiny_gemma3
+    eng = engine(folder).engine
+    ids = list(range(3, 23))
+    seq = Sequence("x", ids, SamplingParams())
+    eng.cache.allocate(seq, len(ids))
+    meta = eng.backend.prepare(StepLayout((StepEntry(0, len(ids), len(ids), tuple(seq.block_table), seq.ring),), 0))
+    ctx = AttentionContext(eng.backend, meta, eng.runner.caches, eng.specs)
+    input_ids, positions = torch.tensor(ids), torch.arange(len(ids))
+    made, real = [], torch.tensor
+
+    def watched(*args, **kwargs):
+        if kwargs.get("device") is not None:
+            made.append(kwargs["device"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", watched)
+    eng.model.logits(eng.model(input_ids, positions, ctx))
+    assert not made, f"torch.tensor(..., device=...) inside the forward: {made}"

@@ -24,3 +24,15 @@ def test_auto_picks_flash_on_cuda():
 
     b = create_backend("auto", torch.device("cuda"), geometry=CacheGeometry(128, None, 0), num_heads=8, num_kv_heads=2, head_dim=128)
     assert b.name == "flash"
+
+
+@pytest.mark.parametrize("block_size", [16, 128])
+def test_flash_is_not_refused_at_head_dim_128(block_size):
+    """`create_backend("flash")` falls back to torch when the probe refuses the shapes; the parametrized "flash" rows
+    above would then check the torch backend twice and pass. They mean flash-attn-4 only if this passes."""
+    from swaa_engine.attention.base import CacheGeometry
+    from swaa_engine.attention.flash_backend import FlashBackend
+
+    why = FlashBackend.refuses(torch.device("cuda"), geometry=CacheGeometry(block_size, 64, 4), num_heads=8,
+                               num_kv_heads=2, head_dim=128)
+    assert why is None, why

@@ -305,4 +305,18 @@ def _probe(device: str, num_heads: int, num_kv_heads: int, head_dim: int, page: 
                 return f"flash-attn-4 {form} call returns a wrong LSE at head_dim {head_dim}"
         return None
     except Exception as e:  # an assertion on the shape, a compile failure, an illegal launch: all mean "not here"
-        return f"flash-attn-4 failed on head_dim {head_dim}, {num_heads}/{num_kv_heads} heads, page {page}: {e!r}"[:500]
+        why = f"flash-attn-4 failed on head_dim {head_dim}, {num_heads}/{num_kv_heads} heads, page {page}: {e!r}"[:500]
+        _check_alive(device, why)
+        return why
+
+
+def _check_alive(device: str, why: str) -> None:
+    """A probe that faulted (illegal address, launch failure) leaves a sticky error: the CUDA context is dead for
+    every backend, so falling back would only move the failure to the engine's first kernel, under an error that
+    names neither flash-attn-4 nor the probe. Such an error raises again on any synchronize."""
+    if torch.device(device).type != "cuda":
+        return
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as dead:
+        raise RuntimeError(f"the flash-attn-4 probe left the CUDA device unusable; no backend can run ({why})") from dead

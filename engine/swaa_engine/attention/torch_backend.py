@@ -54,12 +54,14 @@ def window_pieces(e, bs: int, W: int, S: int, dev) -> list[_Piece]:
         b = min(a + WINDOW_ROWS, split)
         k_pos = torch.cat([torch.arange(min(S, a)), torch.arange(max(min(S, a), a - W + 1), b)])
         q_pos = torch.arange(a, b)
-        pieces.append(_Piece(slice(a - e.start, b - e.start), (tab[k_pos // bs] * bs + k_pos % bs).to(dev),
-                             swaa_mask(q_pos, k_pos, W, S).to(dev)))
+        # pinned and asynchronous (transfer.upload): a long chunk has many pieces, and a pageable .to(dev) stalls the
+        # host until every kernel queued before it has run
+        pieces.append(_Piece(slice(a - e.start, b - e.start), upload(tab[k_pos // bs] * bs + k_pos % bs, torch.long, dev),
+                             upload(swaa_mask(q_pos, k_pos, W, S), torch.bool, dev)))
     if split < e.end:
         q_pos, k_pos = torch.arange(split, e.end), torch.arange(e.end)
-        pieces.append(_Piece(slice(split - e.start, e.num_tokens), (tab[k_pos // bs] * bs + k_pos % bs).to(dev),
-                             swaa_mask(q_pos, k_pos, None, 0).to(dev)))
+        pieces.append(_Piece(slice(split - e.start, e.num_tokens), upload(tab[k_pos // bs] * bs + k_pos % bs, torch.long, dev),
+                             upload(swaa_mask(q_pos, k_pos, None, 0), torch.bool, dev)))
     return pieces
 
 

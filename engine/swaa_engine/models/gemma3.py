@@ -118,7 +118,10 @@ class Gemma3Model(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
         w = self.model.embed_tokens.weight
-        h = self.model.embed_tokens(input_ids) * torch.tensor(self.dims.hidden_size**0.5, dtype=w.dtype, device=w.device)
+        # sqrt(hidden) rounded to the weights' dtype as transformers does, made on the host: a tensor made on the
+        # device from a host value is a synchronous copy, which CUDA-graph capture refuses (decode graphs capture this)
+        scale = torch.tensor(self.dims.hidden_size**0.5, dtype=w.dtype).item()
+        h = self.model.embed_tokens(input_ids) * scale
         tables = {t: r(positions, h.dtype) for t, r in self.rotary.items()}
         for layer, kind in zip(self.model.layers, self.layer_types):
             h = layer(h, *tables[kind], attn)
