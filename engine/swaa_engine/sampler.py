@@ -205,7 +205,9 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
     stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
     # rows without top-k/p or min-p draw from the probabilities as they are: sorting the vocabulary (which only the
     # filters need) cost more than the rest of a CPU decode step at batch 8 (bench/RESULTS.md, "API costs")
-    plain = [i for i in stochastic if _unfiltered(rows[i].params, vocab)]
+    plain, filtered = [], []
+    for i in stochastic:
+        (plain if _unfiltered(rows[i].params, vocab) else filtered).append(i)
     if plain:
         idx = upload(plain, torch.long, logits.device)
         cdf = torch.softmax(_finite(logits[idx] / _temperatures(rows, plain, logits.device)), dim=-1).cumsum(-1)
@@ -213,7 +215,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
         pick = torch.searchsorted(cdf, _uniforms(rows, plain, cdf) * total, right=True)
         # u rounded up to 1 in float32 lands past the last token with mass: the first index where the cdf is whole
         chosen[idx] = torch.minimum(pick, (cdf < total).sum(-1, keepdim=True)).squeeze(1)
-    stochastic = [i for i in stochastic if not _unfiltered(rows[i].params, vocab)]
+    stochastic = filtered
     if stochastic:
         idx = upload(stochastic, torch.long, logits.device)
         sub = logits[idx]
