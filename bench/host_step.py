@@ -112,6 +112,9 @@ def widened_tokenizer(vocab_size: int):
     return tok
 
 
+CUDA_CHUNK = 8192  # max_num_batched_tokens of the CUDA engine
+
+
 def cuda_engine(args):
     """The Qwen3-4B-shaped random model with CUDA graphs and a tokenizer covering its vocabulary."""
     from gpu_bench import qwen3_4b_config
@@ -120,7 +123,7 @@ def cuda_engine(args):
     from swaa_engine.engine import LLMEngine
     from swaa_engine.swaa import SWAAConfig
 
-    max_len = args.prompt_tokens + args.steps + 64
+    max_len = args.prompt_tokens + args.new + 64
     hf_config = qwen3_4b_config(max_len)
     if args.tokenizer:  # saved by --save-tokenizer here: the GPU host has no model package to widen
         from transformers import PreTrainedTokenizerFast
@@ -130,7 +133,7 @@ def cuda_engine(args):
         tok = widened_tokenizer(hf_config.vocab_size)
     cfg = EngineConfig(model=None, swaa=SWAAConfig(), dtype="bfloat16", device="cuda", attention_backend=args.backend,
                        random_weights=True, max_model_len=max_len, cuda_graphs=True,
-                       scheduler=SchedulerConfig(max_num_seqs=args.batch, max_num_batched_tokens=8192,
+                       scheduler=SchedulerConfig(max_num_seqs=args.batch, max_num_batched_tokens=CUDA_CHUNK,
                                                  max_waiting=args.batch + 1),
                        cache=CacheConfig(block_size=128, budget_fraction=0.9))
     return LLMEngine(cfg, hf_config=hf_config, tokenizer=tok), tok
@@ -171,7 +174,11 @@ def main() -> None:
     from swaa_engine.models.loader import resolve_source
     from tests.models import save_tiny_qwen3
 
-    new = args.steps + 4  # the prefill samples one, two unmeasured decode steps, then the measured ones
+    # the prefill samples one, two unmeasured decode steps, then the measured ones; on CUDA the prompts take several
+    # chunked steps, during which the sequences already prefilled decode: they must not finish before the last measured step
+    # (decode rows and per-sequence chunk caps stretch the prefill past its ideal step count: 21 steps for 16 ideal on CPU)
+    prefill_steps = -(-args.batch * args.prompt_tokens // CUDA_CHUNK) if cuda else 0
+    new = args.new = args.steps + 4 + 4 * prefill_steps
     full = dict(stop=("zzqx stop", "@@@"), repetition_penalty=1.1, logprobs=5)
     params = SamplingParams(max_tokens=new, ignore_eos=True, **({} if args.plain else full))
     if cuda:
@@ -218,6 +225,9 @@ def main() -> None:
         e.add_request(p, params)
     while any(s.num_computed < s.num_prompt for s in e.scheduler.running) or e.scheduler.waiting:
         e.step()  # prefill (not measured)
+    left = min(s.params.max_tokens - s.num_generated for s in e.scheduler.running)
+    if left < args.steps + 2:
+        sys.exit(f"the prefill took so many steps that a sequence has only {left} tokens left to decode")
     for _ in range(2):
         e.step()  # the first decode steps write whole block tables and fill the sampling tables (not measured)
     for r in replays.values():

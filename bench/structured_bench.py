@@ -57,6 +57,13 @@ class MaskTimer:
 
 
 def build(args):
+    if args.random_qwen3_4b:  # the GPU host has no embedded model: random weights, a real tokenizer's vocabulary
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        from host_step import cuda_engine
+
+        shape = argparse.Namespace(prompt_tokens=256, new=args.new, batch=args.requests, backend=args.backend,
+                                   tokenizer=args.tokenizer)
+        return cuda_engine(shape)[0]
     from swaa_engine.config import EngineConfig, SchedulerConfig
     from swaa_engine.engine import LLMEngine
 
@@ -105,7 +112,16 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--random-qwen3-4b", action="store_true",
+                    help="CUDA: the Qwen3-4B-shaped random bf16 model with CUDA graphs (host_step's) instead of the embedded one")
+    ap.add_argument("--tokenizer", help="with --random-qwen3-4b: a folder written by host_step.py --save-tokenizer")
+    ap.add_argument("--backend", default="auto", help="with --random-qwen3-4b: the attention backend")
     args = ap.parse_args()
+    if args.random_qwen3_4b and args.device != "cuda":
+        ap.error("--random-qwen3-4b runs on CUDA")
+    if args.random_qwen3_4b:  # the saved tokenizer has no chat template: the request's text as a plain prompt
+        global PROMPT
+        PROMPT = PROMPT[0]["content"]
     engine = build(args)
     timer = MaskTimer()
     t = time.perf_counter()
