@@ -9,7 +9,8 @@ The tokenizer is the embedded SmolLM2 one widened to ``--vocab`` ids (``host_ste
 one token of it per step, outside the timed part, so the states vary as in a decode; ``--states random`` instead
 moves on by a token drawn uniformly (seeded) from those the mask allowed, as a random-weight model does (it stays
 inside strings, the costly states, much longer). ``--serial`` times the former path (a fresh bitmask, the rows
-filled one by one in Python) for a before/after on one machine. ``ms_*``: fill + apply (the engine's CPU path);
+filled one by one in Python) and ``--xgrammar-strings`` keeps xgrammar's form of length-bounded strings: both
+together are the code before issue 21's fix, for a before/after on one machine. ``ms_*``: fill + apply (the engine's CPU path);
 ``fill_ms_*``: the fill alone (what a GPU step waits for: there the apply is a kernel); ``apply_ms``: the CPU apply
 alone, timed again at the end.
 """
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--serial", action="store_true", help="time the former serial path instead")
     ap.add_argument("--states", choices=("doc", "random"), default="doc")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--xgrammar-strings", action="store_true",
+                    help="keep xgrammar's form of length-bounded strings (before issue 21's rewrite)")
     ap.add_argument("--tokenizer", default=None, help="a saved tokenizer folder (default: widen the embedded one)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -72,6 +75,10 @@ def main() -> int:
         from bench.host_step import widened_tokenizer
 
         tok = widened_tokenizer(args.vocab)
+    if args.xgrammar_strings:
+        import swaa_engine.structured as st
+
+        st.expand_bounded_strings = lambda ebnf, cap=0: ebnf
     grammars = Grammars(tok, args.vocab, [tok.eos_token_id])
     so = StructuredOutput("json_schema", json.dumps(SCHEMA))
     t = time.perf_counter()
@@ -130,11 +137,14 @@ def main() -> int:
         t = time.perf_counter()
         xgr.apply_token_bitmask_inplace(logits, full, vocab_size=args.vocab, indices=rows)
         apply_times.append(time.perf_counter() - t)
-    r = dict(mode="serial" if args.serial else "batch", states=args.states, threads=threads, rows=args.rows, vocab=args.vocab,
+    r = dict(mode="serial" if args.serial else "batch", states=args.states,
+             strings="xgrammar" if args.xgrammar_strings else "rewritten", threads=threads, rows=args.rows,
+             vocab=args.vocab,
              steps=args.steps, ms_median=1e3 * statistics.median(times), ms_mean=1e3 * statistics.mean(times),
              ms_min=1e3 * min(times), fill_ms_median=1e3 * statistics.median(fill_times),
              fill_ms_min=1e3 * min(fill_times), fill_ms_per_row=1e3 * statistics.median(fill_times) / args.rows,
-             apply_ms=1e3 * statistics.median(apply_times), allowed_last_step=allowed, compile_s=compile_s, cpus=os.cpu_count(),
+             apply_ms=1e3 * statistics.median(apply_times), allowed_last_step=allowed, compile_s=compile_s,
+             cpus=os.cpu_count(),
              loadavg=open("/proc/loadavg").read().split()[:3])
     print(json.dumps(r), flush=True)
     if args.out:
