@@ -9,8 +9,9 @@ the GIL) into buffers kept across steps (pinned on CUDA, two used by turns so a 
 may still be in flight), and applies them to the logits on their device. The matcher allows the end-of-sequence token
 only where the spec is complete.
 
-A row costs microseconds where the grammar's state is cached at compile time, ~0.1-0.2 ms at a 152k vocabulary
-inside a length-bounded JSON string (``maxLength``: xgrammar checks most of the vocabulary at run time there).
+A row costs microseconds where the grammar's state is settled at compile time; JSON strings with a length bound
+(``maxLength``) are rewritten so that they are (``expand_bounded_strings``: in xgrammar's form a row inside one cost
+~0.2 ms at a 152k vocabulary, up to 27 ms near its bound).
 
 xgrammar is an optional dependency (``pip install swaa-serve[structured]``), imported on first use.
 """
@@ -30,12 +31,14 @@ from swaa_engine.sampling_params import StructuredOutput
 from swaa_engine.transfer import upload
 
 CACHE_BYTES = 256 << 20  # compiled grammars kept (xgrammar evicts the least recently used beyond it)
-MAX_FILL_THREADS = 8  # the default's cap: a row takes microseconds to ~0.2 ms, more threads mostly wait on the pool
+MAX_FILL_THREADS = 8  # the default's cap: a row takes ~20 us (bounded strings rewritten), more threads mostly wait
 
 
 def default_fill_threads() -> int:
-    """Threads filling a step's token masks when the config names none: one per core, at most ``MAX_FILL_THREADS``."""
-    return max(1, min(MAX_FILL_THREADS, os.cpu_count() or 1))
+    """Threads filling a step's token masks when the config names none: half the cores (xgrammar's own default; the
+    other half run the engine thread, the server and tokenization), at most ``MAX_FILL_THREADS``. On 2 cores that is
+    1: bench/mask_bench.py measured a second thread slower there (64 rows: ~1.1 ms on one, ~1.7-3.9 ms on two)."""
+    return max(1, min(MAX_FILL_THREADS, (os.cpu_count() or 1) // 2))
 
 
 class Grammars:
