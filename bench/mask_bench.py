@@ -10,9 +10,9 @@ one token of it per step, outside the timed part, so the states vary as in a dec
 moves on by a token drawn uniformly (seeded) from those the mask allowed, as a random-weight model does (it stays
 inside strings, the costly states, much longer). ``--serial`` times the former path (a fresh bitmask, the rows
 filled one by one in Python) and ``--xgrammar-strings`` keeps xgrammar's form of length-bounded strings: both
-together are the code before issue 21's fix, for a before/after on one machine. ``ms_*``: fill + apply (the engine's CPU path);
-``fill_ms_*``: the fill alone (what a GPU step waits for: there the apply is a kernel); ``apply_ms``: the CPU apply
-alone, timed again at the end.
+together are the code before issue 21's fix, for a before/after on one machine. ``ms_*``: fill + apply (the engine's
+CPU path); ``fill_ms_*``: the fill alone (what a GPU step waits for: there the apply is a kernel); ``apply_ms``: the
+CPU apply alone, timed again at the end.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class EngineConfig:
     num_threads: int | None = None  # CPU intra-op threads; None keeps torch's default
     lora: str | None = None  # a peft adapter folder (``swaa finetune``), merged into the weights at load
     cuda_graphs: bool = True  # replay decode steps as CUDA graphs on CUDA (bucketed batch sizes); ignored elsewhere
-    grammar_threads: int | None = None  # host threads filling structured output's token masks; None: structured.default_fill_threads()
+    # host threads filling structured output's token masks each step; None: structured.default_fill_threads()
+    grammar_threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.swaa, SWAAConfig), "swaa", "must be a SWAAConfig")

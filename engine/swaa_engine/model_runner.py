@@ -55,7 +55,7 @@ class ModelRunner:
         self.step_kinds = {"prefill": 0, "mixed": 0, "decode": 0, "graph": 0}
         self.presence: TokenPresence | None = None  # seen tokens per request (repetition penalty), made on first use
         self.counts: TokenPresence | None = None  # generated-token counts (presence/frequency penalties), same
-        self.masker = None  # structured output's structured.TokenMasker (threads, buffers kept across steps); the engine's
+        self.masker = None  # the engine's structured.TokenMasker (fill threads, buffers kept across steps)
 
     @torch.inference_mode()  # the logits are inference tensors: changing them in place needs the same mode
     def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:

@@ -202,11 +202,13 @@ class TokenMasker:
         if logits.device.type == "cuda":
             dev = self._device_buf
             if dev is None or dev.shape[0] < n or dev.shape[1] != bitmask.shape[1] or dev.device != logits.device:
-                # one, on the logits' stream: the previous step's apply read it before this copy writes it
-                self._device_buf = dev = torch.empty(bitmask.shape, dtype=torch.int32, device=logits.device)  # grows as it does
+                # one (grown with the host buffers), on the logits' stream: the previous step's apply read it before
+                # this copy writes it
+                self._device_buf = dev = torch.empty(bitmask.shape, dtype=torch.int32, device=logits.device)
             dev[:n].copy_(bitmask[:n], non_blocking=True)
-            event = self._copied[i] = torch.cuda.Event()
-            event.record()
+            if self._copied[i] is None:
+                self._copied[i] = torch.cuda.Event()
+            self._copied[i].record()
             bitmask = dev
             # xgrammar's Triton path would copy a list from pageable memory, which waits for the step's kernels
             indices = upload(rows, torch.int32, logits.device)
