@@ -94,6 +94,8 @@ class EngineConfig:
     num_threads: int | None = None  # CPU intra-op threads; None keeps torch's default
     lora: str | None = None  # a peft adapter folder (``swaa finetune``), merged into the weights at load
     cuda_graphs: bool = True  # replay decode steps as CUDA graphs on CUDA (bucketed batch sizes); ignored elsewhere
+    # host threads filling structured output's token masks each step; None: structured.default_fill_threads()
+    grammar_threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.swaa, SWAAConfig), "swaa", "must be a SWAAConfig")
@@ -102,3 +104,5 @@ class EngineConfig:
         _require(self.lora is None or (self.lora and not self.random_weights), "lora",
                  "an adapter needs real weights (not random_weights) and a folder path")
         _require(self.num_threads is None or self.num_threads >= 1, "num_threads", f"must be >= 1, got {self.num_threads}")
+        _require(self.grammar_threads is None or self.grammar_threads >= 1, "grammar_threads",
+                 f"must be >= 1, got {self.grammar_threads}")

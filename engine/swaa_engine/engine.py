@@ -34,7 +34,7 @@ from swaa_engine.sampler import SampleRow
 from swaa_engine.sampling_params import InvalidRequestError, RequestIdInUseError, SamplingParams
 from swaa_engine.scheduler import Scheduler
 from swaa_engine.sequence import FinishReason, Sequence
-from swaa_engine.structured import Grammars
+from swaa_engine.structured import Grammars, TokenMasker, default_fill_threads
 from swaa_engine.swaa import CacheKind
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class LLMEngine:
             self.runner.use_graphs(self.decode_graphs())
         self.eos_ids = self._eos_ids()
         self.grammars = Grammars(self.tokenizer, self.dims.vocab_size, self.eos_ids)  # compiled on first use
+        self.runner.masker = TokenMasker(config.grammar_threads or default_fill_threads())  # threads start on first use
         self._requests: dict[str, _Request] = {}
         self._lock = threading.RLock()
         self._in_step: set[str] = set()  # request ids of the running step (an abort defers freeing their slots)

@@ -55,6 +55,7 @@ class ModelRunner:
         self.step_kinds = {"prefill": 0, "mixed": 0, "decode": 0, "graph": 0}
         self.presence: TokenPresence | None = None  # seen tokens per request (repetition penalty), made on first use
         self.counts: TokenPresence | None = None  # generated-token counts (presence/frequency penalties), same
+        self.masker = None  # the engine's structured.TokenMasker (fill threads, buffers kept across steps)
 
     @torch.inference_mode()  # the logits are inference tensors: changing them in place needs the same mode
     def _sample(self, logits: torch.Tensor, rows: list[SampleRow]) -> SampleResult:
@@ -63,7 +64,7 @@ class ModelRunner:
         if self.counts is None and any(r.params.penalizes_output for r in rows):
             self.counts = TokenPresence(logits.shape[1], logits.device, counts=True)
         # this step's logits, read by nobody else
-        return sample(logits, rows, self.presence, inplace=True, counts=self.counts)
+        return sample(logits, rows, self.presence, inplace=True, counts=self.counts, masker=self.masker)
 
     def forget(self, request_id: str) -> None:
         """A request ended: its sampling state goes (any thread)."""

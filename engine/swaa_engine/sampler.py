@@ -163,10 +163,11 @@ def _uniforms(rows: list[SampleRow], which: list[int], like: torch.Tensor) -> to
 
 
 def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence | None = None,
-           inplace: bool = False, counts: TokenPresence | None = None) -> SampleResult:
+           inplace: bool = False, counts: TokenPresence | None = None, masker=None) -> SampleResult:
     """``logits`` is ``[len(rows), vocab]`` float32. ``presence``/``counts``: the requests' seen tokens and generated
     token counts kept across steps (the engine's); without them, the penalized rows' histories are read whole for
     this call. ``inplace``: the caller gives ``logits`` up (the penalties then change them without a copy).
+    ``masker``: the engine's ``structured.TokenMasker`` (its threads and buffers), for the rows with a matcher.
 
     Order: repetition penalty, presence and frequency penalties, logit bias, then the masked ids (-inf)."""
     n, vocab = logits.shape
@@ -180,7 +181,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow], presence: TokenPresence 
 
         logits = logits if inplace else logits.clone()
         inplace = True
-        mask_logits(logits, masked, [rows[i].matcher for i in masked])
+        mask_logits(logits, masked, [rows[i].matcher for i in masked], masker)
     penalized = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0 and r.history]
     if penalized:
         presence = presence if presence is not None and presence.vocab == vocab else TokenPresence(vocab, logits.device, len(penalized))
