@@ -2,11 +2,20 @@
 
     python bench/replicas_bench.py run --replicas 1 --out bench/results/replicas_1.json
     python bench/replicas_bench.py run --replicas 2 --out bench/results/replicas_2.json
-    python bench/replicas_bench.py report bench/results/replicas_*.json      # table (Markdown) + plot
+    python bench/replicas_bench.py report bench/results/replicas_*.json      # tables (Markdown) + plot
+    bash bench/replicas_run.sh                                               # all of it, in-process / 1 / 2 + profile
 
-Each run starts the whole service in this process (gRPC front end + Ray replicas) on a Qwen3-4B-shaped model with
-random bf16 weights, warms it up, then submits all requests at once through `swaa load` (the SDK over loopback
-gRPC), so the numbers include the front end and the router. ``--replicas 0`` runs one engine in-process, no Ray.
+Each run starts the service in this process (gRPC front end + Ray replicas) on a Qwen3-4B-shaped model with
+random bf16 weights (``--tiny``: the tests' tiny Qwen3, for CPU smoke runs). The load generator (`swaa load`: the SDK
+over loopback gRPC) runs in its own spawned process, so its Python work does not share the front end's GIL or event
+loop: it warms the replicas up, waits for the go, then submits all requests at once. The numbers include the front
+end and the router. ``--replicas 0`` runs one engine in-process, no Ray.
+
+During the timed load this process reads each replica's engine step counters (``swaa_engine_steps_total``,
+``swaa_engine_step_seconds_total``) from the front end's /metrics: before, every ``--sample-s``, and after. The JSON
+gets per replica the steps, seconds inside steps, mean step time and the share of the load's wall time spent inside
+steps (``replica_steps``), and the samples (``step_samples``). ``--profile-out DIR`` records one replica's process
+with py-spy for the whole load (speedscope JSON in DIR, a per-thread self-time summary in the JSON and the report).
 """
 
 from __future__ import annotations
