@@ -13,6 +13,10 @@ from swaa_engine.outputs import StreamChunk
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+# the engine's own step count and step wall time (counters: exposed with a ``_total`` suffix); named once here for the
+# collector and for ``step_totals``, which reads them back from a scrape
+STEPS_METRIC = "swaa_engine_steps"
+STEP_SECONDS_METRIC = "swaa_engine_step_seconds"
 
 
 class _EngineCollector:
@@ -44,8 +48,8 @@ class _EngineCollector:
                                          "cache at admission", labels=names),
             "pfx_h": CounterMetricFamily("swaa_prefix_cache_hit_tokens", "prompt tokens reused from the prefix cache "
                                          "(rate / queried rate = hit rate)", labels=names),
-            "steps": CounterMetricFamily("swaa_engine_steps", "engine steps that ran a batch", labels=names),
-            "step_s": CounterMetricFamily("swaa_engine_step_seconds", "time spent in those steps (rate / steps rate = "
+            "steps": CounterMetricFamily(STEPS_METRIC, "engine steps that ran a batch", labels=names),
+            "step_s": CounterMetricFamily(STEP_SECONDS_METRIC, "time spent in those steps (rate / steps rate = "
                                           "mean step time)", labels=names),
         }
         for extra, snap in loads:
@@ -136,6 +140,21 @@ class Metrics:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+def step_totals(text: str) -> dict[str, tuple[int, float]]:
+    """A /metrics scrape → {replica label: (engine steps, step seconds)} so far; one in-process engine (no replica
+    label) is ``"0"``. Replicas that are not ready are absent from the scrape, hence from the result."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name not in (STEPS_METRIC, STEP_SECONDS_METRIC):
+            continue
+        for s in fam.samples:
+            if s.name == fam.name + "_total":  # not the ``_created`` sample
+                got.setdefault(s.labels.get("replica", "0"), {})[fam.name] = s.value
+    return {r: (int(v.get(STEPS_METRIC, 0)), float(v.get(STEP_SECONDS_METRIC, 0.0))) for r, v in sorted(got.items())}
 
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:
