@@ -173,3 +173,37 @@ def test_other_architectures_match_transformers(arch, tmp_path):
     out = LLM(str(tmp_path), swaa=swaa, cache=CacheConfig(block_size=4, budget_bytes=1 << 20),
               scheduler=SchedulerConfig(max_num_batched_tokens=20)).generate([prompt], SamplingParams(max_tokens=30, ignore_eos=True))[0]
     assert SWAAReference(hf, swaa).first_greedy_mismatch(prompt, out.token_ids) is None
+
+
+def test_async_delivery_wakes_the_callers_loop_once_per_step(tiny):
+    """Each wake-up of an asyncio loop from the engine thread is a syscall under the GIL: a step's chunks for many
+    streams on one loop must cost one, not one per stream."""
+    engine = AsyncEngine(tiny.engine)
+    streams, new = 6, 5
+    wakeups = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(*a, **kw):
+            wakeups.append(time.monotonic())
+            return real(*a, **kw)
+
+        loop.call_soon_threadsafe = counting
+        try:
+            steps0 = tiny.engine.steps
+            params = SamplingParams(max_tokens=new, ignore_eos=True)
+            outs = await asyncio.gather(*(engine.generate([3 + i, 4, 5], params) for i in range(streams)))
+            steps = tiny.engine.steps - steps0
+        finally:
+            del loop.call_soon_threadsafe
+        return outs, steps
+
+    try:
+        outs, steps = asyncio.run(main())
+    finally:
+        engine.shutdown()
+    assert all(sum(len(c.token_ids) for c in out) == new and out[-1].finished for out in outs)
+    # every step delivered chunks to the same loop: one wake-up each (the intake's hand-offs add at most one per stream)
+    assert steps >= new and len(wakeups) <= steps + streams, (len(wakeups), steps)
