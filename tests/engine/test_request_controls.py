@@ -82,18 +82,30 @@ def test_deadline_ends_queued_and_running_sequences_and_frees_their_slots():
 
 def test_engine_deadline_while_queued_and_running(tiny):
     eng = tiny.engine
-    # 0.25 s: far less than 460 steps take here (each costs a millisecond or more), however fast the machine
-    a = eng.add_request(PROMPT, SamplingParams(max_tokens=460, ignore_eos=True, timeout=0.25))
+    timeout = 2.0
+    a = eng.add_request(PROMPT, SamplingParams(max_tokens=460, ignore_eos=True, timeout=timeout))
     b = eng.add_request(PROMPT, SamplingParams(max_tokens=4, ignore_eos=True, timeout=0.0))  # late at once
-    finals, t0 = {}, time.monotonic()
-    while eng.has_work() and time.monotonic() - t0 < 10:
+    finals, got, t0 = {}, 0, time.monotonic()
+
+    def step():
+        nonlocal got
         for c in eng.step():
+            got += len(c.token_ids) if c.request_id == a else 0
             if c.finished:
                 finals[c.request_id] = c
+
+    # run until `a` is decoding, then let its deadline pass between two steps: the deadline then lands on a running
+    # request whatever the machine's speed (a fixed short timeout expired before the first token on a loaded CPU)
+    while a not in finals and got == 0:
+        step()
+    assert a not in finals, "the first step took longer than the deadline: machine too slow for this test"
+    time.sleep(max(0.0, t0 + timeout - time.monotonic()) + 0.01)
+    while eng.has_work() and time.monotonic() - t0 < timeout + 10:
+        step()
     assert finals[a].finish_reason is FinishReason.DEADLINE and finals[b].finish_reason is FinishReason.DEADLINE
     assert finals[b].usage.completion_tokens == 0
     assert 0 < finals[a].usage.completion_tokens < 460
-    assert 0.25 <= finals[a].timings.total_s < 2.25  # ended at the first step after its deadline
+    assert timeout <= finals[a].timings.total_s < timeout + 2  # ended at the first step after its deadline
     assert eng.cache.is_idle()
 
 
