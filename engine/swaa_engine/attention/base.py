@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables
+from swaa_engine.attention.ops import DecodeKernel, DecodeTables, block_tables, plan_cascade
 from swaa_engine.kv_cache.pools import ring_size, ring_slot
 from swaa_engine.sequence import is_decode
 from swaa_engine.swaa import LayerSpec
@@ -167,9 +167,11 @@ class AttentionBackend(ABC):
         paged = ring = None
         if any(e.block_table for e in layout.entries):
             n = max(e.end for e in decodes)
-            paged = DecodeTables(block_tables([e.block_table for e in decodes], dev),
-                                 upload([e.end for e in decodes], torch.int32, dev),
-                                 g.block_size, n, self.decode_kernel.splits(len(decodes), hk, n))
+            tables, ends = [e.block_table for e in decodes], [e.end for e in decodes]
+            # the torch decode reads a prefix of pages shared by several rows once (ops.plan_cascade)
+            cascade = plan_cascade(tables, ends, g.block_size, dev) if dev.type == "cpu" else None
+            paged = DecodeTables(block_tables(tables, dev), upload(ends, torch.int32, dev),
+                                 g.block_size, n, self.decode_kernel.splits(len(decodes), hk, n), cascade)
         if any(e.ring is not None for e in layout.entries):
             R = g.ring_slots
             n = min(R, max(e.end for e in decodes))
